@@ -1,0 +1,46 @@
+# Everything a fresh clone needs: `make run` and `make test` create .venv and install first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: run test ui bench bench-quick sandbox query clean install
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make run: sync every configured source (the built-in sandbox when no credentials are set)
+run: $(STAMP)
+	$(PY) -m pipelines.cli run $(ARGS)
+
+## make test: the whole test suite against the sandbox
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## make ui: the Dagster UI on this code location (sandbox-backed when no credentials are set)
+ui: $(STAMP)
+	$(PY) -m pipelines.cli ui $(ARGS)
+
+## make query SQL="select ...": run SQL against the warehouse and print a table
+query: $(STAMP)
+	$(PY) -m pipelines.cli query "$(SQL)"
+
+## make sandbox: serve the API sandbox alone and print the variables that point at it
+sandbox: $(STAMP)
+	$(PY) -m pipelines.sandbox $(ARGS)
+
+## make bench: the performance harness (large preset); make bench-quick: the small preset
+bench: $(STAMP)
+	$(PY) -m bench.run --preset large $(ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --preset medium $(ARGS)
+
+clean:
+	rm -rf $(VENV) .dagster_home data/.staging .pytest_cache

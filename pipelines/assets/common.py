@@ -1,0 +1,67 @@
+"""What every ingestion asset does around its sync: config, not-configured handling, progress."""
+
+
+import time
+from collections.abc import Callable
+
+import dagster as dg
+
+from pipelines.resources import NotConfigured
+from pipelines.sync import SyncReport
+
+
+class SyncConfig(dg.Config):
+    """Run config of ingestion assets. ``full_refresh`` re-reads every record (the daily
+    reconciliation does this); otherwise only what can still change is requested."""
+
+    full_refresh: bool = False
+
+
+class ProgressLog:
+    """Per-stream record counts in the run log as pages arrive, at most every few seconds."""
+
+    def __init__(self, log: Callable[[str], None], every_seconds: float = 5.0) -> None:
+        self.log = log
+        self.every = every_seconds
+        self.counts: dict[str, int] = {}
+        self.pages = 0
+        self._last = time.monotonic()
+
+    def __call__(self, stream: str, records: int) -> None:
+        self.counts[stream] = self.counts.get(stream, 0) + records
+        self.pages += 1
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.log(self.summary())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
+        return f"fetched {self.pages} pages ({parts})"
+
+
+def materialize(
+    context: dg.AssetExecutionContext, sync: Callable[[ProgressLog], SyncReport]
+) -> dg.MaterializeResult:
+    """Run ``sync`` and turn its report into the asset's materialization.
+
+    A source without credentials is reported as not configured (a warning and metadata), not
+    crashed on, so the rest of ``sync_all`` still runs.
+    """
+    progress = ProgressLog(context.log.info)
+    try:
+        report = sync(progress)
+    except NotConfigured as exc:
+        context.log.warning(f"{exc}. Skipping: nothing was fetched or written.")
+        return dg.MaterializeResult(
+            metadata={"configured": False, "missing_variables": ", ".join(exc.missing)}
+        )
+    if progress.pages:
+        context.log.info(progress.summary())
+    for warning in report.warnings:
+        context.log.warning(warning)
+    context.log.info(
+        f"{report.stream}: {report.mode} sync, {report.requests} requests, "
+        f"{report.retries} retries, {report.seconds:.1f}s"
+    )
+    return dg.MaterializeResult(metadata={"configured": True, **report.metadata()})

@@ -1,0 +1,469 @@
+"""The one loader: stage pages locally, then merge them into the warehouse in ONE transaction.
+
+How a sync of one stream flows:
+
+1. :meth:`StreamLoad.read_state` briefly attaches the warehouse read-only and copies what the
+   fetch plan needs (the stream's cursor, the entities still open) into the staging database.
+2. Pages are appended, batched as Arrow, to a *staging* DuckDB database next to the warehouse:
+   DuckDB's JSON reader splits them into records (no Python loop per record). Memory stays flat
+   whatever the history size: DuckDB spills to disk, pages are not kept in Python.
+3. :meth:`StreamLoad.commit` types and validates the records in SQL (:mod:`pipelines.staging`),
+   attaches the warehouse and, in one transaction, writes quarantined records, upserts only the
+   rows whose content changed, closes and opens ``status_history`` intervals, and advances the
+   stream's cursor in ``sync_state``. A crash or a failed request before that commit leaves the
+   warehouse and the cursor exactly as they were; readers never see half a sync.
+
+The warehouse file is locked only during steps 1 and 3, not while the APIs are being read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from models.status import LIFECYCLE_STATUSES
+from pipelines.clock import utc_now
+from pipelines.staging import TableSpec, typed_select_sql
+from pipelines.warehouse import Warehouse, configure
+
+log = logging.getLogger(__name__)
+
+WH = "wh"
+
+
+@dataclass
+class Page:
+    """One API response's records, as raw JSON for DuckDB.
+
+    ``records_path`` is where the records are in ``body`` (a JSON path returning a list).
+    ``listed_status`` is the status filter the page was requested with, used when a record has no
+    status of its own.
+    """
+
+    body: bytes | str
+    records: int
+    listed_status: str | None = None
+    label: str = ""
+    records_path: str = "$.data[*]"
+
+
+@dataclass
+class TableResult:
+    table: str
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    status_changes: int = 0
+
+
+@dataclass
+class LoadResult:
+    stream: str
+    committed_at: datetime
+    tables: dict[str, TableResult] = field(default_factory=dict)
+    business: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> TableResult:
+        return next(iter(self.tables.values()))
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class StreamLoad:
+    """Stages and commits one sync of one stream. Use as a context manager."""
+
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        stream: str,
+        specs: list[TableSpec],
+        *,
+        run_id: str,
+        key_sql: str | None = None,
+        batch_bytes: int = 8 * 1024 * 1024,
+        on_progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.warehouse = warehouse
+        self.stream = stream
+        self.specs = specs
+        self.run_id = run_id
+        self.key_sql = key_sql or "NULL"
+        self.batch_bytes = batch_bytes
+        self.on_progress = on_progress
+        self.records_received = 0
+        self.pages_received = 0
+        self._batch: list[Page] = []
+        self._batch_size = 0
+        self._seq = 0
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self._dir: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> StreamLoad:
+        root = self.warehouse.staging_root
+        root.mkdir(parents=True, exist_ok=True)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{self.stream}-", dir=root))
+        self.con = duckdb.connect(str(self._dir / "staging.duckdb"))
+        configure(self.con, self.warehouse.memory_limit, self.warehouse.threads)
+        self.con.execute(f"SET temp_directory = '{self._dir / 'spill'}'")
+        enum_values = ", ".join(f"'{v}'" for v in LIFECYCLE_STATUSES)
+        self.con.execute(f"CREATE TYPE lifecycle_status AS ENUM ({enum_values})")
+        self.con.execute(
+            "CREATE TABLE recs (seq BIGINT, pos BIGINT, listed_status VARCHAR, label VARCHAR, "
+            "key VARCHAR, rec JSON)"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # -- before fetching ---------------------------------------------------------------------
+
+    def read_state(self, snapshots: dict[str, str] | None = None) -> dict[str, Any]:
+        """Return the stream's cursor and copy ``snapshots`` (name -> query over ``wh.main.*``)
+        into staging tables, with the warehouse attached read-only for as short as possible."""
+        assert self.con is not None
+        with self.warehouse.attach(self.con, WH, read_only=True):
+            row = self.con.execute(
+                f"SELECT cursor FROM {WH}.main.sync_state WHERE stream = ?", [self.stream]
+            ).fetchone()
+            for name, query in (snapshots or {}).items():
+                self.con.execute(f"CREATE OR REPLACE TABLE {_q(name)} AS {query}")
+        if row is None or row[0] is None:
+            return {}
+        value = row[0]
+        return json.loads(value) if isinstance(value, str) else dict(value)
+
+    # -- while fetching ----------------------------------------------------------------------
+
+    def add(self, page: Page) -> None:
+        """Queue a page; pages are written to staging in batches."""
+        self.pages_received += 1
+        self.records_received += page.records
+        if not page.records:
+            return
+        self._batch.append(page)
+        self._batch_size += len(page.body)
+        # DuckDB works on up to 2048 rows at once: a batch of many large bodies would be parsed
+        # in one go, so batches are bounded in bytes and in pages to keep memory flat.
+        if self._batch_size >= self.batch_bytes or len(self._batch) >= 32:
+            self.flush()
+        if self.on_progress:
+            self.on_progress(page.label or self.stream, page.records)
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        assert self.con is not None
+        seqs, statuses, labels, bodies, paths = [], [], [], [], []
+        for page in self._batch:
+            self._seq += 1
+            seqs.append(self._seq)
+            statuses.append(page.listed_status)
+            labels.append(page.label)
+            bodies.append(page.body.decode() if isinstance(page.body, bytes) else page.body)
+            paths.append(page.records_path)
+        batch = pa.table(
+            {
+                "seq": pa.array(seqs, pa.int64()),
+                "listed_status": pa.array(statuses, pa.string()),
+                "label": pa.array(labels, pa.string()),
+                "body": pa.array(bodies, pa.large_string()),
+                "path": pa.array(paths, pa.string()),
+            }
+        )
+        self.con.register("page_batch", batch)
+        try:
+            # One statement per batch (and records path): DuckDB splits every body into records.
+            for path in sorted(set(paths)):
+                literal = "'" + path.replace("'", "''") + "'"
+                self.con.execute(
+                    f"""
+                    INSERT INTO recs
+                    SELECT seq, generate_subscripts(l, 1), listed_status, label, NULL, unnest(l)
+                    FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
+                          FROM page_batch WHERE path = {literal})
+                    """
+                )
+        finally:
+            self.con.unregister("page_batch")
+        self._batch.clear()
+        self._batch_size = 0
+
+    def query(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Run a read query against staging (flushes pending pages first)."""
+        self.flush()
+        assert self.con is not None
+        self._fill_keys()
+        return self.con.execute(sql, params or []).fetchall()
+
+    def _fill_keys(self) -> None:
+        assert self.con is not None
+        if self.key_sql != "NULL":
+            self.con.execute(f"UPDATE recs SET key = {self.key_sql} WHERE key IS NULL")
+
+    # -- commit ------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        *,
+        cursor: dict[str, Any] | None,
+        mode: str,
+        started_at: datetime,
+        requests: int = 0,
+        retries: int = 0,
+        warnings: list[str] | None = None,
+        full_walk: bool = False,
+        business_sql: str | None = None,
+    ) -> LoadResult:
+        """Type, validate and merge everything staged, in one warehouse transaction."""
+        self.flush()
+        assert self.con is not None
+        self._fill_keys()
+        con = self.con
+        for spec in self.specs:
+            relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
+            con.execute(f"CREATE OR REPLACE TABLE {_q('typed_' + spec.table)} AS {typed_select_sql(spec, relation)}")
+            con.execute(_dedupe_sql(spec))
+
+        with self.warehouse.attach(con, WH):
+            now = self._observation_time()
+            result = LoadResult(self.stream, now)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for spec in self.specs:
+                    result.tables[spec.table] = self._merge_table(spec, now)
+                self._write_state(cursor, now, full_walk)
+                self._write_run(result, mode, started_at, requests, retries, warnings or [])
+                if business_sql:
+                    cur = con.execute(business_sql.replace("{wh}", f"{WH}.main"))
+                    row = cur.fetchone()
+                    names = [d[0] for d in cur.description]
+                    result.business = {n: float(v) for n, v in zip(names, row or []) if v is not None}
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return result
+
+    def _observation_time(self) -> datetime:
+        """Now, but never before the last committed sync (keeps history intervals ordered)."""
+        assert self.con is not None
+        now = utc_now()
+        row = self.con.execute(f"SELECT max(last_synced_at) FROM {WH}.main.sync_state").fetchone()
+        last = row[0] if row else None
+        return max(now, last) if last is not None else now
+
+    def _merge_table(self, spec: TableSpec, now: datetime) -> TableResult:
+        con = self.con
+        assert con is not None
+        target = f"{WH}.main.{_q(spec.table)}"
+        typed = _q("typed_" + spec.table)
+        cur = _q("cur_" + spec.table)
+        res = TableResult(spec.table)
+        res.received = con.execute(f"SELECT count(*) FROM {cur}").fetchone()[0]
+
+        # Records with a field of the wrong type: quarantined with the reason, never coerced.
+        res.quarantined = con.execute(f"SELECT count(*) FROM {typed} WHERE _reason IS NOT NULL").fetchone()[0]
+        if res.quarantined:
+            con.execute(
+                f"""
+                MERGE INTO {WH}.main.quarantine AS q
+                USING (SELECT DISTINCT ON (row_hash) row_hash, entity_id, _reason, raw
+                       FROM {typed} WHERE _reason IS NOT NULL) AS s
+                ON q.stream = ? AND q.row_hash = s.row_hash
+                WHEN MATCHED THEN UPDATE SET last_seen_at = ?, run_id = ?
+                WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
+                    VALUES (?, s.row_hash, s.entity_id, s._reason, s.raw, ?, ?, ?)
+                """,
+                [spec.table, now, self.run_id, spec.table, now, now, self.run_id],
+            )
+
+        key_join = " AND ".join(f"t.{_q(k)} = c.{_q(k)}" for k in spec.key)
+        first_key = _q(spec.key[0])
+        prev_status = "t.source_status" if spec.has_status else "NULL"
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE delta AS
+            SELECT c.*, t.{first_key} IS NULL AS is_new, {prev_status} AS prev_source_status
+            FROM {cur} AS c LEFT JOIN {target} AS t ON {key_join}
+            WHERE t.{first_key} IS NULL OR t.row_hash <> c.row_hash
+            """
+        )
+        res.inserted, res.updated = con.execute(
+            "SELECT count(*) FILTER (WHERE is_new), count(*) FILTER (WHERE NOT is_new) FROM delta"
+        ).fetchone()
+        res.unchanged = res.received - res.inserted - res.updated
+
+        if spec.has_status:
+            res.status_changes = self._write_history(spec, now)
+
+        columns = spec.columns
+        base = [*columns]
+        status_cols = ["source_status", "status"] if spec.has_status else []
+        insert_cols = [*base, *status_cols, "raw", "row_hash", "first_seen_at", "synced_at", "run_id"]
+        select_cols = [*(f"d.{_q(c)}" for c in base), *(f"CAST(d.{c} AS VARCHAR)" for c in status_cols), "d.raw", "d.row_hash", "$now", "$now", "$run"]
+        con.execute(
+            f"INSERT INTO {target} ({', '.join(_q(c) for c in insert_cols)}) "
+            f"SELECT {', '.join(select_cols)} FROM delta AS d WHERE d.is_new",
+            {"now": now, "run": self.run_id},
+        )
+        updatable = [c for c in (spec.update_columns or columns) if c not in spec.key]
+        sets = [f"{_q(c)} = d.{_q(c)}" for c in updatable]
+        sets += [f"{c} = CAST(d.{c} AS VARCHAR)" for c in status_cols]
+        sets += ["raw = d.raw", "row_hash = d.row_hash", "synced_at = $now", "run_id = $run"]
+        key_join_d = " AND ".join(f"{target}.{_q(k)} = d.{_q(k)}" for k in spec.key)
+        con.execute(
+            f"UPDATE {target} SET {', '.join(sets)} FROM delta AS d WHERE {key_join_d} AND NOT d.is_new",
+            {"now": now, "run": self.run_id},
+        )
+        return res
+
+    def _write_history(self, spec: TableSpec, now: datetime) -> int:
+        """Close the current interval of every entity whose raw status changed; open a new one.
+
+        A new entity first seen in an initial status (e.g. waiting) is dated from its own
+        ``created_at``: it has been in that status since creation. Otherwise an interval starts
+        when the change was observed.
+        """
+        con = self.con
+        assert con is not None
+        history = f"{WH}.main.status_history"
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE changes AS
+            SELECT entity_id, source_status, status, is_new, {created} AS created_at
+            FROM delta
+            WHERE source_status IS NOT NULL AND entity_id IS NOT NULL
+              AND (is_new OR prev_source_status IS DISTINCT FROM source_status)
+            """.format(created=_q(spec.created_field) if spec.created_field in spec.columns else "NULL")
+        )
+        changed = con.execute("SELECT count(*) FROM changes").fetchone()[0]
+        if not changed:
+            return 0
+        con.execute(
+            f"""
+            UPDATE {history} SET valid_to = greatest($now, valid_from)
+            FROM changes AS c
+            WHERE {history}.source = $src AND {history}.entity_id = c.entity_id
+              AND {history}.valid_to IS NULL
+            """,
+            {"now": now, "src": spec.source},
+        )
+        initial = ", ".join(f"'{s}'" for s in sorted(spec.initial_statuses)) or "NULL"
+        con.execute(
+            f"""
+            INSERT INTO {history} (source, entity_id, source_status, status, valid_from, valid_to, run_id)
+            SELECT $src, c.entity_id, c.source_status, CAST(c.status AS VARCHAR),
+                   CASE WHEN c.is_new AND CAST(c.status AS VARCHAR) IN ({initial})
+                             AND c.created_at IS NOT NULL AND c.created_at <= $now
+                             AND NOT EXISTS (SELECT 1 FROM {history} h
+                                             WHERE h.source = $src AND h.entity_id = c.entity_id)
+                        THEN c.created_at ELSE $now END,
+                   NULL, $run
+            FROM changes AS c
+            """,
+            {"now": now, "src": spec.source, "run": self.run_id},
+        )
+        return changed
+
+    def _write_state(self, cursor: dict[str, Any] | None, now: datetime, full_walk: bool) -> None:
+        assert self.con is not None
+        self.con.execute(
+            f"""
+            MERGE INTO {WH}.main.sync_state AS s
+            USING (SELECT ? AS stream) AS n ON s.stream = n.stream
+            WHEN MATCHED THEN UPDATE SET cursor = ?, last_synced_at = ?, last_run_id = ?,
+                last_full_walk_at = CASE WHEN ? THEN ? ELSE s.last_full_walk_at END
+            WHEN NOT MATCHED THEN INSERT (stream, cursor, last_synced_at, last_full_walk_at, last_run_id)
+                VALUES (n.stream, ?, ?, CASE WHEN ? THEN ? END, ?)
+            """,
+            [
+                self.stream,
+                json.dumps(cursor) if cursor is not None else None,
+                now,
+                self.run_id,
+                full_walk,
+                now,
+                json.dumps(cursor) if cursor is not None else None,
+                now,
+                full_walk,
+                now,
+                self.run_id,
+            ],
+        )
+
+    def _write_run(
+        self,
+        result: LoadResult,
+        mode: str,
+        started_at: datetime,
+        requests: int,
+        retries: int,
+        warnings: list[str],
+    ) -> None:
+        assert self.con is not None
+        primary = result.primary if result.tables else TableResult(self.stream)
+        quarantined = sum(t.quarantined for t in result.tables.values())
+        self.con.execute(
+            f"""
+            INSERT OR REPLACE INTO {WH}.main.sync_runs
+                (run_id, stream, mode, started_at, finished_at, records_received, inserted, updated,
+                 unchanged, quarantined, requests, retries, warnings)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [
+                self.run_id,
+                self.stream,
+                mode,
+                started_at,
+                datetime.now(UTC),  # wall clock: run timings are not observations
+                self.records_received,
+                primary.inserted,
+                primary.updated,
+                primary.unchanged,
+                quarantined,
+                requests,
+                retries,
+                json.dumps(warnings),
+            ],
+        )
+
+
+def _dedupe_sql(spec: TableSpec) -> str:
+    """Keep one valid record per key: a record seen twice in a run (a repeated page, or an entity
+    that moved between status lists mid-walk) counts once. A terminal status wins over an open one
+    (statuses only move forward), then the record fetched last."""
+    cur = _q("cur_" + spec.table)
+    typed = _q("typed_" + spec.table)
+    partition = ", ".join(_q(k) for k in spec.key)
+    terminal = spec.terminal_raw_statuses()
+    if spec.has_status and terminal:
+        rank = "CASE WHEN source_status IN (" + ", ".join(f"'{s}'" for s in terminal) + ") THEN 1 ELSE 0 END DESC, "
+    else:
+        rank = ""
+    return (
+        f"CREATE OR REPLACE TABLE {cur} AS SELECT * EXCLUDE (_reason) FROM {typed} "
+        f"WHERE _reason IS NULL QUALIFY row_number() OVER (PARTITION BY {partition} "
+        f"ORDER BY {rank}seq DESC, pos DESC) = 1"
+    )

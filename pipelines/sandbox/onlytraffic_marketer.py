@@ -1,0 +1,167 @@
+"""Simulated OnlyTraffic Marketer API: ``GET /api/marketer/cpc/orders`` (CPL slots in beside it).
+
+Faithful to the docs: ``Authorization`` key; ``offset`` (default 0) and ``limit`` (default 50,
+max 1000) as query parameters or JSON body fields; the default status filter is ``active``;
+errors, including validation errors and rate limits, come as ``{"status": "error", ...}`` inside
+HTTP 200 bodies. Assumption where the docs are silent: lists are newest-created first, and a
+wrong key gets HTTP 401 with an error envelope.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from pipelines.sandbox.orderbook import Order, OrderBook
+from pipelines.sandbox.server import Sandbox, json_response
+from pipelines.sandbox.world import epoch, iso
+
+API_KEY = "sandbox-marketer-key-3f9a"
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+
+
+class CpcBook(OrderBook):
+    feed = "cpc"
+    id_prefix = "cpco_"
+    active = "active"
+    count_attr = "cpc_orders"
+    ordered_range = (500, 20000)
+    price_range = (0.02, 0.15)
+
+    def customize(self, rng, order: Order) -> None:
+        n = order.account
+        order.extra = {
+            "creative": {
+                "of_account_id": n,
+                "public_id": f"cpcr_{n:06d}",
+                "uuid": f"550e8400-e29b-41d4-a716-{n:012d}",
+                "name": f"Model {n}",
+                "username": f"model{n}",
+                "picture": f"https://cdn.example.com/{n}_800.webp",
+                "picture_thumb": f"https://cdn.example.com/{n}_200.webp",
+                "pictures": [{"full": f"https://cdn.example.com/{n}_800.webp", "thumb": f"https://cdn.example.com/{n}_200.webp"}],
+                "price": round(4.99 + (n % 5) * 2.5, 2),
+                "description": "Subscribe for exclusive content",
+                "categories": ["fitness"] if n % 2 else ["brunette"],
+            },
+            "url": f"https://tracking.example.com/click/{order.order_id}",
+        }
+
+    def render(self, o: Order) -> dict[str, Any]:
+        delivered = int(o.delivered)
+        return {
+            "order_id": o.order_id,
+            "of_account_id": o.account,
+            "creative": o.extra["creative"],
+            "url": o.extra["url"],
+            "clicks": {"ordered": o.ordered, "delivered": delivered},
+            "price_per_click": o.price,
+            "total_earned": round(min(o.ordered, delivered) * o.price, 2),
+            "status": o.status,
+            "date_start": epoch(o.accepted),
+            "date_finish": epoch(o.finished) if o.status == self.completed else None,
+            "created_at": iso(o.created.astimezone(UTC)),
+            "created_at_ts": epoch(o.created),
+        }
+
+
+def error_envelope(message: str, code: int) -> dict:
+    return {"status": "error", "message": message, "error_code": code}
+
+
+class MarketerApi:
+    """The Marketer API family; each order list is an :class:`OrderBook`."""
+
+    name = "onlytraffic_marketer"
+    prefix = "/onlytraffic"
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        world = sandbox.world
+        self.books: dict[str, OrderBook] = {"cpc": CpcBook(world)}
+        for key, book in self.books.items():
+            world.datasets[f"marketer_{key}"] = book
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(f"/api/marketer/{key}/orders", self._lister(key), methods=["GET", "POST"])
+            for key in self.books
+        ]
+
+    def error_body(self, kind: str) -> tuple[int, dict]:
+        if kind == "auth":
+            return 401, error_envelope("Unauthorized: invalid API key", 401)
+        if kind == "429":
+            return 429, error_envelope("Too many requests", 429)
+        return 200, error_envelope("Rate limit exceeded, retry later", 429)
+
+    def env(self, base_url: str) -> dict[str, str]:
+        return {"ONLYTRAFFIC_MARKETER_BASE_URL": base_url, "ONLYTRAFFIC_MARKETER_API_KEY": API_KEY}
+
+    def _lister(self, key: str):
+        book = self.books[key]
+        route = f"marketer/{key}/orders"
+
+        async def handler(request: Request) -> Response:
+            self.sandbox.stats.request(route, str(request.query_params))
+            if request.headers.get("authorization") != API_KEY:
+                status, body = self.error_body("auth")
+                return json_response(body, status)
+            params = await _params(request)
+            try:
+                offset = _int(params.get("offset", 0), "offset", minimum=0)
+                limit = _int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=1, maximum=MAX_LIMIT)
+            except ValueError as exc:
+                return json_response(error_envelope(str(exc), 422))
+            status = params.get("status", book.active)  # documented default: active only
+            if status not in book.statuses:
+                return json_response(error_envelope(f"The selected status is invalid: {status}", 422))
+            with self.sandbox.world.lock:
+                orders = book.listed(status)
+                for name, attr in (("of_account_id", "account"),):
+                    if name in params:
+                        wanted = _int(params[name], name)
+                        orders = [o for o in orders if getattr(o, attr) == wanted]
+                if "creative_public_id" in params:
+                    orders = [o for o in orders if o.extra and o.extra.get("creative", {}).get("public_id") == params["creative_public_id"]]
+                if "offer_id" in params:
+                    wanted = _int(params["offer_id"], "offer_id")
+                    orders = [o for o in orders if o.extra and o.extra.get("offer_id") == wanted]
+                page = [book.render(o) for o in orders[offset : offset + limit]]
+            self.sandbox.stats.served(route, status, len(page))
+            return Response(orjson.dumps({"status": "success", "data": page}), media_type="application/json")
+
+        return handler
+
+
+async def _params(request: Request) -> dict[str, Any]:
+    """Query parameters, or JSON body fields (the docs allow both)."""
+    params: dict[str, Any] = dict(request.query_params)
+    raw = await request.body()
+    if raw:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            for k, v in body.items():
+                params.setdefault(k, v)
+    return params
+
+
+def _int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"The {name} must be an integer.") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"The {name} must be at least {minimum}.")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"The {name} may not be greater than {maximum}.")
+    return number

@@ -1,0 +1,279 @@
+"""The sandbox HTTP server: every API mounted under its own prefix, plus control routes.
+
+Control routes (not subject to faults), all under ``/_sandbox``:
+``GET health``, ``GET clock``, ``POST advance`` (``{"days": 1}`` or ``{"hours": 3}``),
+``GET|POST faults`` (a :class:`~pipelines.sandbox.faults.FaultPlan` as JSON),
+``GET stats`` / ``POST stats/reset`` (request and record counters), ``GET env`` (the environment
+variables that point the pipeline at this sandbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from pipelines.sandbox.faults import FaultInjector, FaultPlan
+from pipelines.sandbox.world import SCALES, Scale, World
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json", headers=headers)
+
+
+class ApiModule(Protocol):
+    """One simulated API: its routes, its own error bodies, and the env vars that select it."""
+
+    name: str
+    prefix: str
+
+    def routes(self) -> list[BaseRoute]: ...
+
+    def error_body(self, kind: str) -> tuple[int, dict]:
+        """(HTTP status, body) for an injected fault of ``kind`` (``error_200``, ``429``, ``auth``)."""
+        ...
+
+    def env(self, base_url: str) -> dict[str, str]: ...
+
+
+@dataclass
+class SandboxStats:
+    """Counters tests assert on: requests per route and records served per route and filter."""
+
+    requests: Counter = field(default_factory=Counter)
+    records: Counter = field(default_factory=Counter)
+    recent: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def request(self, route: str, query: str) -> None:
+        with self.lock:
+            self.requests[route] += 1
+            self.recent.append(f"{route}?{query}")
+
+    def served(self, route: str, key: str, count: int) -> None:
+        with self.lock:
+            self.records[f"{route}|{key}"] += count
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "requests": dict(self.requests),
+                "records": dict(self.records),
+                "total_requests": sum(self.requests.values()),
+            }
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.records.clear()
+            self.recent.clear()
+
+
+class Sandbox:
+    """All simulated APIs in one server. ``start()`` serves on a free loopback port in a thread."""
+
+    def __init__(
+        self,
+        *,
+        scale: str | Scale = "tiny",
+        seed: int = 1,
+        anchor=None,
+        modules: list[Callable[[Sandbox], ApiModule]] | None = None,
+    ) -> None:
+        scale_obj = SCALES[scale] if isinstance(scale, str) else scale
+        kwargs = {"seed": seed, "scale": scale_obj}
+        if anchor is not None:
+            kwargs["anchor"] = anchor
+        self.world = World(**kwargs)
+        self.faults = FaultInjector()
+        self.stats = SandboxStats()
+        from pipelines.sandbox.registry import default_modules
+
+        self.modules: list[ApiModule] = [factory(self) for factory in (modules or default_modules())]
+        self.base_url = ""
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.app = self._build_app()
+
+    # -- app -------------------------------------------------------------------------------------
+
+    def _build_app(self) -> Any:
+        routes: list[BaseRoute] = [
+            Route("/_sandbox/health", lambda r: json_response({"ok": True})),
+            Route("/_sandbox/clock", lambda r: json_response({"now": self.world.now.isoformat()})),
+            Route("/_sandbox/advance", self._advance, methods=["POST"]),
+            Route("/_sandbox/faults", self._faults, methods=["GET", "POST"]),
+            Route("/_sandbox/stats", lambda r: json_response(self.stats.snapshot())),
+            Route("/_sandbox/stats/reset", self._reset_stats, methods=["POST"]),
+            Route("/_sandbox/env", lambda r: json_response(self.env())),
+        ]
+        for module in self.modules:
+            routes.append(Mount(module.prefix, routes=module.routes()))
+        app = Starlette(routes=routes)
+        return FaultMiddleware(app, self)
+
+    async def _advance(self, request: Request) -> Response:
+        body = await _json_body(request)
+        delta = timedelta(days=float(body.get("days", 0)), hours=float(body.get("hours", 0)))
+        now = await asyncio.to_thread(self.world.advance, delta)
+        return json_response({"now": now.isoformat()})
+
+    async def _faults(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self.faults.configure(FaultPlan.from_dict(await _json_body(request)))
+            except (TypeError, ValueError) as exc:
+                return json_response({"error": str(exc)}, 400)
+        return json_response({"plan": self.faults.plan.to_dict(), "injected": self.faults.injected})
+
+    async def _reset_stats(self, request: Request) -> Response:
+        self.stats.reset()
+        return json_response({"ok": True})
+
+    def module_for(self, path: str) -> ApiModule | None:
+        for module in self.modules:
+            if path.startswith(module.prefix + "/"):
+                return module
+        return None
+
+    # -- helpers for tests and the CLI -------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """Environment variables pointing every source at this sandbox, with its credentials."""
+        env: dict[str, str] = {}
+        for module in self.modules:
+            env.update(module.env(self.base_url + module.prefix))
+        return env
+
+    def advance(self, **delta: float) -> None:
+        self.world.advance(timedelta(**delta))
+
+    def dataset(self, name: str):
+        """A simulated dataset by name (e.g. ``marketer_cpc``), for tests reading the truth."""
+        return self.world.datasets[name]
+
+    def set_faults(self, **plan: Any) -> None:
+        self.faults.configure(FaultPlan.from_dict(plan))
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="sandbox", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("sandbox server did not start")
+            time.sleep(0.02)
+        return self.base_url
+
+    def serve_forever(self, host: str = "127.0.0.1", port: int = 0, on_ready=None) -> None:
+        """Serve in the calling thread (for ``python -m pipelines.sandbox``)."""
+        self.start(host, port)
+        if on_ready:
+            on_ready(self)
+        assert self._thread is not None
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            self.stop()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    return orjson.loads(raw)
+
+
+class FaultMiddleware:
+    """Pure ASGI middleware injecting the configured faults into API routes."""
+
+    def __init__(self, app: Any, sandbox: Sandbox) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_sandbox"):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        module = self.sandbox.module_for(path)
+        query = scope.get("query_string", b"").decode("latin-1")
+        kind = self.sandbox.faults.pick(f"{path}?{query}") if module is not None else None
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        plan = self.sandbox.faults.plan
+        if kind == "timeout":
+            await asyncio.sleep(plan.slow_seconds)
+            await self.app(scope, receive, send)
+            return
+        if kind == "drop":
+            await _send_raw(send, 200, b'{"data": [{"truncated', content_length=4096)
+            raise ConnectionAbortedError("sandbox: dropped connection (injected fault)")
+        if kind == "malformed":
+            await _send_raw(send, 200, b'{"status": "success", "data": [{"order_id": ')
+            return
+        if kind in ("500", "502", "503"):
+            await _send_raw(send, int(kind), b"<html><body>Server Error</body></html>", media="text/html")
+            return
+        assert module is not None
+        status, body = module.error_body(kind)
+        headers = {"retry-after": f"{plan.retry_after:g}"} if kind in ("429", "error_200") else {}
+        await _send_raw(send, status, orjson.dumps(body), headers=headers)
+
+
+async def _send_raw(
+    send: Callable,
+    status: int,
+    body: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    media: str = "application/json",
+    content_length: int | None = None,
+) -> None:
+    raw_headers = [
+        (b"content-type", media.encode()),
+        (b"content-length", str(content_length if content_length is not None else len(body)).encode()),
+    ]
+    raw_headers += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body, "more_body": content_length is not None})

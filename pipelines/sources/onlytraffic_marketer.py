@@ -1,0 +1,174 @@
+"""OnlyTraffic Marketer API: CPC orders (and CPL orders, same API family).
+
+Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
+``onlytraffic-marketer-cpl-orders.md``. What matters for correctness:
+
+- The list endpoints return only *active* orders unless ``status`` is passed, so every status is
+  requested explicitly, one list per status.
+- Errors arrive as ``{"status": "error", "error_code": 422|404|429, "message": ...}``, possibly with
+  HTTP 200: :func:`marketer_envelope` turns them into errors (429 is retried), never empty pages.
+- Pagination is ``offset``/``limit`` (max 1000) with no total: a page shorter than ``limit`` ends a
+  list.
+- Assumption (docs silent): lists are ordered newest-created first. The incremental terminal-list
+  read relies on it only after checking it page by page (see :mod:`pipelines.incremental`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pipelines.fetch import Emit
+from pipelines.http import ApiClient, ApiError, AuthError
+from pipelines.incremental import WalkOutcome
+from pipelines.loader import Page
+from pipelines.staging import Field, TableSpec
+
+CPC_PATH = "/api/marketer/cpc/orders"
+MAX_LIMIT = 1000
+# An incremental read of a terminal list starts with a small page: usually nothing new is there,
+# and the probe should not re-download a thousand orders we already have.
+PROBE_LIMIT = 100
+
+
+def marketer_envelope(data: Any, http_status: int) -> None:
+    """Raise for the Marketer API's error envelope; accept only a success envelope with a list."""
+    if not isinstance(data, dict):
+        raise ApiError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("status") == "error":
+        code = data.get("error_code")
+        message = str(data.get("message") or "no message")
+        if code in (401, 403):
+            raise AuthError(f"error {code} in body: {message}", status_code=code)
+        retryable = code == 429 or (isinstance(code, int) and code >= 500)
+        raise ApiError(f"error {code} in body: {message}", status_code=code, retryable=retryable)
+    if data.get("status") != "success":
+        raise ApiError(f"unexpected envelope status {str(data.get('status'))[:40]!r}")
+    if not isinstance(data.get("data"), list):
+        raise ApiError("success envelope without a 'data' list")
+
+
+def record_time(record: dict, name: str = "created_at") -> datetime | None:
+    """A record's timestamp from its Unix twin (``*_ts``) or its ISO string."""
+    ts = record.get(f"{name}_ts")
+    if isinstance(ts, int | float) and not isinstance(ts, bool):
+        return datetime.fromtimestamp(ts, UTC)
+    text = record.get(name)
+    if isinstance(text, str):
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
+
+
+class OffsetStatusListing:
+    """One ``offset``/``limit`` list per status, as the Marketer API serves them."""
+
+    def __init__(
+        self,
+        client: ApiClient,
+        path: str,
+        *,
+        open_statuses: tuple[str, ...],
+        terminal_statuses: tuple[str, ...],
+        label: str,
+        key: str = "order_id",
+        limit: int = MAX_LIMIT,
+        extra_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.open_statuses = open_statuses
+        self.terminal_statuses = terminal_statuses
+        self.label = label
+        self.key = key
+        self.limit = min(limit, MAX_LIMIT)
+        self.extra_params = extra_params or {}
+
+    def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
+        outcome = WalkOutcome(status, complete=False)
+        offset = 0
+        previous_keys: set = set()
+        previous_oldest: datetime | None = None
+        repeats = 0
+        limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
+        while True:
+            params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
+            response = self.client.get(self.path, params=params)
+            records = response.data["data"]
+            keys = {r.get(self.key) for r in records if isinstance(r, dict)}
+            if records and keys and keys == previous_keys:
+                repeats += 1
+                outcome.warnings.append(
+                    f"{self.label}:{status}: page at offset {offset} repeated the previous page"
+                )
+                if repeats >= 3:
+                    outcome.warnings.append(
+                        f"{self.label}:{status}: pagination stuck at offset {offset}; list not complete"
+                    )
+                    return outcome
+            else:
+                repeats = 0
+            emit(Page(response.content, len(records), listed_status=status, label=f"{self.label}:{status}"))
+            if len(records) < limit:
+                outcome.complete = True
+                return outcome
+            if since is not None:
+                times = [record_time(r) for r in records if isinstance(r, dict)]
+                if not _newest_first(times, previous_oldest):
+                    outcome.out_of_order = True
+                    return outcome
+                oldest = times[-1] if times else None
+                if oldest is not None and oldest < since:
+                    return outcome
+                previous_oldest = oldest
+            previous_keys = keys
+            offset += len(records)
+            limit = self.limit
+
+
+def _newest_first(times: list[datetime | None], previous_oldest: datetime | None) -> bool:
+    known = [t for t in times if t is not None]
+    if len(known) != len(times):
+        return False
+    if previous_oldest is not None and known and known[0] > previous_oldest:
+        return False
+    return all(a >= b for a, b in zip(known, known[1:], strict=False))
+
+
+CPC_ORDERS = TableSpec(
+    table="cpc_orders",
+    source="cpc",
+    key=("order_id",),
+    fields=(
+        Field("order_id", "$.order_id", "id", required=True),
+        Field("of_account_id", "$.of_account_id", "integer"),
+        Field("creative_public_id", "$.creative.public_id", "string"),
+        Field("creative_username", "$.creative.username", "string"),
+        Field("url", "$.url", "string"),
+        Field("clicks_ordered", "$.clicks.ordered", "integer"),
+        Field("clicks_delivered", "$.clicks.delivered", "integer"),
+        Field("price_per_click", "$.price_per_click", "number"),
+        Field("total_earned", "$.total_earned", "number"),
+        Field("date_start", "$.date_start", "epoch"),
+        Field("date_finish", "$.date_finish", "epoch"),
+        Field("created_at", "$.created_at", "timestamp", epoch_fallback="$.created_at_ts"),
+    ),
+)
+
+
+def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
+    return OffsetStatusListing(
+        client,
+        CPC_PATH,
+        open_statuses=("waiting", "active"),
+        terminal_statuses=("rejected", "completed"),
+        label="cpc_orders",
+        limit=limit,
+    )
+
+
+LogFn = Callable[[str], None]

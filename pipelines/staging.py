@@ -1,0 +1,199 @@
+"""Declarative record specs, turned into the SQL that types and validates staged JSON records.
+
+Each source describes its tables as :class:`TableSpec`\\ s: which JSON path feeds which column and
+what JSON type it must have. DuckDB then does the per-record work in one set-based statement (no
+Python loop per record): it extracts every column, and for every record that has a field of the
+wrong type it writes the reason instead, so the record goes to the ``quarantine`` table rather
+than being silently coerced. A missing optional field is simply NULL; unknown fields stay in
+``raw``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.status import STATUS_MAPPINGS, TERMINAL_STATUSES, status_case_sql
+
+# JSON types DuckDB's json_type() reports, per field kind.
+_INTS = ("BIGINT", "UBIGINT")
+_NUMS = ("BIGINT", "UBIGINT", "DOUBLE")
+
+KINDS = {"string", "id", "integer", "number", "decimal_text", "boolean", "timestamp", "epoch", "date", "json"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One typed column taken from a JSON record.
+
+    ``path`` is a DuckDB JSON path (``$.clicks.ordered``). ``epoch_fallback`` names the path of the
+    Unix-seconds twin of a timestamp (``$.created_at_ts``), used when the ISO value is absent.
+    ``sql`` replaces the path with a computed expression over ``rec`` (no type validation).
+    """
+
+    name: str
+    path: str = ""
+    kind: str = "string"
+    required: bool = False
+    epoch_fallback: str | None = None
+    sql: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown field kind {self.kind!r}")
+        if not self.path and self.sql is None:
+            raise ValueError(f"field {self.name} needs a path or sql")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one warehouse table is fed from staged records.
+
+    ``source``: the ``status_history.source`` of this table's entities (None: the table has no
+    status, e.g. a child table). ``status_path``: where the raw status is in the record; when the
+    record has none, the status filter it was listed under is used. ``records_sql``: a query over
+    the staged ``recs`` table producing this table's records (default: the records themselves),
+    which lets a child table unnest parts of its parent. ``update_columns``: columns a re-read may
+    overwrite (default: all), so a feed can refresh status columns without clobbering columns that
+    came from elsewhere.
+    """
+
+    table: str
+    key: tuple[str, ...]
+    fields: tuple[Field, ...]
+    source: str | None = None
+    status_path: str | None = "$.status"
+    created_field: str | None = "created_at"
+    records_sql: str | None = None
+    update_columns: tuple[str, ...] | None = None
+    initial_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"pending"}))
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def has_status(self) -> bool:
+        return self.source is not None
+
+    def entity_id_sql(self, alias: str = "") -> str:
+        prefix = f"{alias}." if alias else ""
+        parts = [f"CAST({prefix}{_q(k)} AS VARCHAR)" for k in self.key]
+        return parts[0] if len(parts) == 1 else "concat_ws(':', " + ", ".join(parts) + ")"
+
+    def terminal_raw_statuses(self) -> list[str]:
+        if not self.source:
+            return []
+        return [raw for raw, canon in STATUS_MAPPINGS[self.source].items() if canon.value in TERMINAL_STATUSES]
+
+
+def _q(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _types(kinds: tuple[str, ...]) -> str:
+    return "(" + ", ".join(_lit(k) for k in kinds) + ")"
+
+
+def field_sql(f: Field, rec: str = "rec") -> tuple[str, str | None]:
+    """(value expression, invalid-condition expression or None) for one field."""
+    if f.sql is not None:
+        return f.sql, None
+    path = _lit(f.path)
+    jt = f"json_type({rec}, {path})"
+    s = f"json_extract_string({rec}, {path})"
+    present = f"({jt} IS NOT NULL AND {jt} <> 'NULL')"
+    kind = f.kind
+    if kind == "string":
+        value, ok = s, f"{jt} = 'VARCHAR'"
+    elif kind == "id":
+        value, ok = s, f"{jt} IN {_types(('VARCHAR',) + _INTS)}"
+    elif kind == "integer":
+        value = f"COALESCE(TRY_CAST({s} AS BIGINT), TRY_CAST(TRY_CAST({s} AS DOUBLE) AS BIGINT))"
+        ok = (
+            f"(({jt} IN {_types(_INTS)} AND TRY_CAST({s} AS BIGINT) IS NOT NULL) OR "
+            f"({jt} = 'DOUBLE' AND TRY_CAST({s} AS DOUBLE) = floor(TRY_CAST({s} AS DOUBLE)) "
+            f"AND abs(TRY_CAST({s} AS DOUBLE)) < 9e15))"
+        )
+    elif kind in ("number", "decimal_text"):
+        value = (
+            f"COALESCE(TRY_CAST({s} AS DECIMAL(18,6)), "
+            f"TRY_CAST(TRY_CAST({s} AS DOUBLE) AS DECIMAL(18,6)))"
+        )
+        allowed = _NUMS + (("VARCHAR",) if kind == "decimal_text" else ())
+        ok = f"({jt} IN {_types(allowed)} AND {value} IS NOT NULL)"
+    elif kind == "boolean":
+        value = f"CASE WHEN {jt} = 'BOOLEAN' THEN CAST({s} AS BOOLEAN) WHEN {s} IN ('0', '1') THEN {s} = '1' END"
+        ok = f"({jt} = 'BOOLEAN' OR ({jt} IN {_types(_INTS)} AND {s} IN ('0', '1')))"
+    elif kind == "timestamp":
+        parsed = f"TRY_CAST({s} AS TIMESTAMPTZ)"
+        ok = f"({jt} = 'VARCHAR' AND {parsed} IS NOT NULL)"
+        if f.epoch_fallback:
+            fb = _lit(f.epoch_fallback)
+            fb_s = f"json_extract_string({rec}, {fb})"
+            fb_ok = f"json_type({rec}, {fb}) IN {_types(_INTS)}"
+            fb_val = f"CASE WHEN {fb_ok} THEN to_timestamp(TRY_CAST({fb_s} AS BIGINT)) END"
+            value = f"COALESCE({parsed}, {fb_val})"
+            ok = f"({ok} OR {fb_ok})"
+        else:
+            value = parsed
+    elif kind == "epoch":
+        value = f"to_timestamp(TRY_CAST({s} AS BIGINT))"
+        ok = f"({jt} IN {_types(_INTS)} AND TRY_CAST({s} AS BIGINT) IS NOT NULL)"
+    elif kind == "date":
+        value = f"TRY_CAST({s} AS DATE)"
+        ok = f"({jt} = 'VARCHAR' AND {value} IS NOT NULL)"
+    else:  # json
+        value, ok = f"json_extract({rec}, {path})", None
+    if ok is None:
+        invalid = f"({jt} IS NULL OR {jt} = 'NULL')" if f.required else None
+        return value, invalid
+    if f.required:
+        invalid = f"NOT ({present} AND {ok})"
+    else:
+        invalid = f"({present} AND NOT ({ok}))"
+    return value, invalid
+
+
+def reason_sql(f: Field, rec: str = "rec") -> str | None:
+    """SQL yielding a human-readable reason when the field is invalid, else NULL."""
+    _, invalid = field_sql(f, rec)
+    if invalid is None:
+        return None
+    if f.sql is not None:
+        return None
+    got = f"coalesce(json_type({rec}, {_lit(f.path)}), 'nothing')"
+    return (
+        f"CASE WHEN {invalid} THEN {_lit(f'{f.name} ({f.path}): expected {f.kind}, got ')} || {got} "
+        f"|| coalesce(': ' || left(json_extract_string({rec}, {_lit(f.path)}), 60), '') END"
+    )
+
+
+def typed_select_sql(spec: TableSpec, source_relation: str) -> str:
+    """SELECT producing, per staged record: seq, the typed columns, source_status, status, raw,
+    row_hash, entity_id and ``_reason`` (NULL when the record is valid)."""
+    cols = []
+    reasons = []
+    for f in spec.fields:
+        value, _ = field_sql(f)
+        cols.append(f"{value} AS {_q(f.name)}")
+        r = reason_sql(f)
+        if r:
+            reasons.append(r)
+    if spec.has_status:
+        raw_status = f"json_extract_string(rec, {_lit(spec.status_path)})" if spec.status_path else "NULL"
+        source_status = f"coalesce({raw_status}, listed_status)"
+        cols.append(f"{source_status} AS source_status")
+        cols.append(f"{status_case_sql(spec.source, source_status)} AS status")
+        status_for_hash = source_status
+    else:
+        status_for_hash = "''"
+    cols.append("rec AS raw")
+    cols.append(f"md5(coalesce({status_for_hash}, '') || '|' || CAST(rec AS VARCHAR)) AS row_hash")
+    reason = "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "NULL"
+    select = ", ".join(cols)
+    inner = f"SELECT seq, pos, listed_status, {select}, {reason} AS _reason FROM ({source_relation}) AS src"
+    return f"SELECT *, {spec.entity_id_sql()} AS entity_id FROM ({inner}) AS typed"

@@ -1,0 +1,167 @@
+"""Where the warehouse lives and how to open it: a local DuckDB file, MotherDuck or DuckLake.
+
+``WAREHOUSE_PATH`` is a single setting: a file path (``data/warehouse.duckdb``), a MotherDuck
+database (``md:my_db``) or a DuckLake catalog (``ducklake:metadata.ducklake``). Everything that
+writes goes through :meth:`Warehouse.attach`, which ATTACHes that location to a local DuckDB
+connection, so the same SQL runs against all three.
+
+DuckDB lets one process hold a database file for writing; a second writer (or a DuckDB shell left
+open) gets a lock error. Opening therefore waits for the lock, up to ``lock_timeout`` seconds,
+rather than failing the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import sqlalchemy as sa
+
+from models.schema import create_schema
+
+log = logging.getLogger(__name__)
+
+REMOTE_PREFIXES = ("md:", "motherduck:", "ducklake:")
+
+
+def configure(con: duckdb.DuckDBPyConnection, memory_limit: str, threads: int) -> None:
+    """Session settings every connection uses: UTC, bounded memory, bounded threads."""
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET preserve_insertion_order = false")
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    inner = getattr(exc, "orig", None) or exc
+    if not isinstance(inner, (duckdb.IOException, duckdb.ConnectionException)):
+        return False
+    text = str(inner).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class Warehouse:
+    def __init__(
+        self,
+        location: str,
+        *,
+        memory_limit: str = "512MB",
+        threads: int = 2,
+        lock_timeout: float = 600.0,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
+        if not location or not location.strip():
+            raise ValueError("WAREHOUSE_PATH is empty: set it to a DuckDB file path, md:<db> or ducklake:<catalog>")
+        self.location = location.strip()
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.lock_timeout = lock_timeout
+        self.on_wait = on_wait
+
+    @property
+    def is_local_file(self) -> bool:
+        return not self.location.startswith(REMOTE_PREFIXES) and self.location != ":memory:"
+
+    @property
+    def staging_root(self) -> Path:
+        """Staging databases live beside a local warehouse (same disk), else in the temp dir."""
+        if self.is_local_file:
+            return Path(self.location).resolve().parent / ".staging"
+        return Path(".staging").resolve()
+
+    def _prepare(self) -> None:
+        if self.is_local_file:
+            Path(self.location).parent.mkdir(parents=True, exist_ok=True)
+
+    def _with_lock_wait(self, action: Callable[[], object], what: str) -> object:
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.2
+        warned = False
+        while True:
+            try:
+                return action()
+            except Exception as exc:  # duckdb's own, or wrapped by SQLAlchemy (exc.orig)
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    raise
+                if not warned:
+                    message = (
+                        f"waiting for the warehouse lock on {self.location} ({what}); another "
+                        "process (a sync or a DuckDB shell) holds it"
+                    )
+                    log.warning(message)
+                    if self.on_wait:
+                        self.on_wait(message)
+                    warned = True
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def attach_sql(self, alias: str, read_only: bool = False) -> str:
+        escaped = self.location.replace("'", "''")
+        options = " (READ_ONLY)" if read_only else ""
+        return f"ATTACH '{escaped}' AS {alias}{options}"
+
+    @contextmanager
+    def attach(
+        self, con: duckdb.DuckDBPyConnection, alias: str = "wh", read_only: bool = False
+    ) -> Iterator[str]:
+        """ATTACH the warehouse to ``con`` as ``alias`` for the duration of the block."""
+        self._prepare()
+        self._with_lock_wait(lambda: con.execute(self.attach_sql(alias, read_only)), "attach")
+        try:
+            yield alias
+        finally:
+            con.execute(f"DETACH {alias}")
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection whose default catalog is the warehouse (for views, checks and queries)."""
+        self._prepare()
+        if self.is_local_file:
+            con = self._with_lock_wait(
+                lambda: duckdb.connect(self.location, read_only=read_only), "connect"
+            )
+        else:
+            con = duckdb.connect()
+            self._with_lock_wait(lambda: con.execute(self.attach_sql("wh", read_only)), "attach")
+            con.execute("USE wh")
+        try:
+            configure(con, self.memory_limit, self.threads)
+            yield con
+        finally:
+            con.close()
+
+    def sqlalchemy_url(self) -> str:
+        if self.is_local_file:
+            return f"duckdb:///{self.location}"
+        return "duckdb:///:memory:"
+
+    def engine(self) -> sa.Engine:
+        """A SQLAlchemy engine on the warehouse (duckdb-engine). Dispose it when done: it holds
+        the file lock while open."""
+        self._prepare()
+        engine = sa.create_engine(self.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+        if not self.is_local_file:
+            attach = self.attach_sql("wh")
+
+            @sa.event.listens_for(engine, "connect")
+            def _attach(dbapi_conn, _record):  # pragma: no cover - needs a remote catalog
+                dbapi_conn.execute(attach)
+                dbapi_conn.execute("USE wh")
+
+        return engine
+
+    def ensure_schema(self) -> None:
+        """Create the enum type and tables if missing (idempotent, cheap)."""
+
+        def create() -> None:
+            engine = self.engine()
+            try:
+                create_schema(engine)
+            finally:
+                engine.dispose()
+
+        self._with_lock_wait(create, "create schema")
