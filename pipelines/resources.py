@@ -13,7 +13,7 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field as PydanticField
 
-from pipelines.http import ApiClient, RateLimiter, RetryPolicy
+from pipelines.http import ApiClient, RateLimiter, Redactor, RetryPolicy
 from pipelines.warehouse import Warehouse
 
 WRITER_POOL = "duckdb_writer"
@@ -126,9 +126,99 @@ class OnlyTrafficMarketerResource(_ApiResource):
         )
 
 
+class OnlyTrafficStudioResource(_ApiResource):
+    """OnlyTraffic Studio API (``ONLYTRAFFIC_STUDIO_BASE_URL``, ``ONLYTRAFFIC_STUDIO_API_KEY``)."""
+
+    api_key: str | None = None
+    source_name: ClassVar[str] = "OnlyTraffic Studio API"
+    credential_vars: ClassVar[tuple[str, ...]] = ("ONLYTRAFFIC_STUDIO_API_KEY",)
+
+    def credentials(self) -> dict[str, str | None]:
+        return {"api_key": self.api_key}
+
+    def client(self, on_retry=None) -> ApiClient:
+        from pipelines.sources.onlytraffic_studio import studio_envelope
+
+        self.check_configured()
+        return self._client(
+            headers={"X-API-Key": self.api_key or "", "Accept": "application/json"},
+            envelope=studio_envelope,
+            on_retry=on_retry,
+        )
+
+
+class CpamoeResource(_ApiResource):
+    """cpa.moe affiliate API (``CPAMOE_BASE_URL``, ``CPAMOE_USER_ID``, ``CPAMOE_API_KEY``).
+
+    The credentials ride in the URL (``id={user}-{key}``): the client redacts the key and the
+    combined id from every message.
+    """
+
+    user_id: str | None = None
+    api_key: str | None = None
+    leads_dir: str = "data/cpamoe_leads"
+    source_name: ClassVar[str] = "cpa.moe affiliate API"
+    credential_vars: ClassVar[tuple[str, ...]] = ("CPAMOE_USER_ID", "CPAMOE_API_KEY")
+
+    def credentials(self) -> dict[str, str | None]:
+        return {"user_id": self.user_id, "api_key": self.api_key}
+
+    @property
+    def auth_id(self) -> str:
+        """The ``id`` query parameter: ``{user}-{key}``."""
+        return f"{self.user_id}-{self.api_key}"
+
+    def client(self, on_retry=None) -> ApiClient:
+        from pipelines.sources.cpamoe import cpamoe_envelope
+
+        self.check_configured()
+        client = self._client(
+            headers={"Accept": "application/json"}, envelope=cpamoe_envelope, on_retry=on_retry
+        )
+        # the key and the combined id are secrets; the user id alone is not
+        client.redact = Redactor([self.auth_id, self.api_key or ""])
+        return client
+
+
+class MetapicResource(_ApiResource):
+    """Metapic API v2 (``METAPIC_BASE_URL``, ``METAPIC_ACCESS_TOKEN``, ``METAPIC_USER_ID``).
+
+    Requests are rate-limited client-side to ``rate_limit`` per ``rate_window_seconds`` (the
+    documented ``x-ratelimit-limit`` is 300), shared by every thread of the run.
+    """
+
+    access_token: str | None = None
+    user_id: str | None = None
+    rate_limit: int = 300
+    rate_window_seconds: float = 60.0
+    source_name: ClassVar[str] = "Metapic API v2"
+    credential_vars: ClassVar[tuple[str, ...]] = ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
+
+    def credentials(self) -> dict[str, str | None]:
+        return {"access_token": self.access_token, "user_id": self.user_id}
+
+    def client(self, on_retry=None) -> ApiClient:
+        from pipelines.sources.metapic import metapic_envelope
+
+        self.check_configured()
+        return self._client(
+            headers={
+                "Authorization": self.access_token or "",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+            envelope=metapic_envelope,
+            on_retry=on_retry,
+            rate_limiter=RateLimiter(self.rate_limit, self.rate_window_seconds),
+        )
+
+
 __all__ = [
+    "CpamoeResource",
+    "MetapicResource",
     "NotConfigured",
     "OnlyTrafficMarketerResource",
+    "OnlyTrafficStudioResource",
     "RateLimiter",
     "WRITER_POOL",
     "WarehouseResource",

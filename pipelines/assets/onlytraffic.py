@@ -1,9 +1,10 @@
-"""OnlyTraffic assets: CPC orders (Marketer API)."""
+"""OnlyTraffic assets: CPC and CPL orders (Marketer API), swap orders (Studio API)."""
 
 
 import dagster as dg
 
 from pipelines.assets.common import SyncConfig, materialize
+from pipelines.checks import standard_checks
 from pipelines.resources import WRITER_POOL, OnlyTrafficMarketerResource, WarehouseResource
 from pipelines.sources import onlytraffic_marketer as marketer
 from pipelines.sync import sync_status_listing
@@ -44,3 +45,10 @@ def cpc_orders(
             )
 
     return materialize(context, sync)
+
+
+ASSETS: list = [cpc_orders]  # every asset of this source
+SYNC_ASSETS: list = [cpc_orders]  # current-state ingestion assets materialized by sync_all
+CHECKS: list = [*standard_checks(cpc_orders, "cpc_orders", ["order_id"])]
+JOBS: list = []
+SCHEDULES: list = []

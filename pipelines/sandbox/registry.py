@@ -1,9 +1,13 @@
-"""The simulated APIs the sandbox serves. Each entry builds one :class:`ApiModule`."""
+"""The simulated APIs the sandbox serves: (module, class) of each :class:`ApiModule`."""
 
 from __future__ import annotations
 
+import importlib
+
+MODULES = [
+    ("pipelines.sandbox.onlytraffic_marketer", "MarketerApi"),
+]
+
 
 def default_modules():
-    from pipelines.sandbox.onlytraffic_marketer import MarketerApi
-
-    return [MarketerApi]
+    return [getattr(importlib.import_module(m), cls) for m, cls in MODULES]

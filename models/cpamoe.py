@@ -1,0 +1,1 @@
+"""cpa.moe tables (submitted leads and their statuses)."""

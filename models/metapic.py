@@ -1,0 +1,1 @@
+"""Metapic tables (offers, participants, participant daily stats)."""

@@ -1,0 +1,173 @@
+"""Command line: ``affwh run | ui | query | sandbox`` (also ``python -m pipelines.cli``).
+
+``run`` executes the ``sync_all`` job in this process against a persistent Dagster instance
+(``DAGSTER_HOME``, default ``.dagster_home``), so its runs show in the UI afterwards. With no
+credentials in the environment it first starts the built-in sandbox and points every source at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipelines.settings import ALL_SOURCES, any_credentials_set, env, load_env_file
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME (default ``.dagster_home``) holding the project's ``dagster.yaml``."""
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    source = PROJECT_ROOT / "dagster.yaml"
+    target = home / "dagster.yaml"
+    if source.exists() and source.resolve() != target.resolve():
+        if not target.exists() or target.read_text() != source.read_text():
+            shutil.copyfile(source, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+@contextmanager
+def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str] | None]:
+    """Start the sandbox in a subprocess when no credentials are set; yield its environment."""
+    if any_credentials_set() and not force:
+        yield None
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="affwh-sandbox-"))
+    env_file = workdir / "env.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.sandbox", "--scale", scale, "--env-file", str(env_file)],
+        stdout=subprocess.DEVNULL,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not env_file.exists():
+            if proc.poll() is not None:
+                raise SystemExit("the sandbox failed to start")
+            if time.monotonic() > deadline:
+                raise SystemExit("the sandbox did not start within 120 s")
+            time.sleep(0.1)
+        sandbox_env = json.loads(env_file.read_text())
+        os.environ.update(sandbox_env)
+        yield sandbox_env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report_sources(sandbox_env: dict[str, str] | None) -> None:
+    if sandbox_env is not None:
+        print(
+            "No API credentials found in the environment or .env: using the BUILT-IN SANDBOX "
+            f"(simulated data) at {sandbox_env.get('SANDBOX_URL')}.\n"
+            "Set the credential variables (see README) to sync the real APIs.\n"
+        )
+        return
+    for source in ALL_SOURCES:
+        missing = source.missing()
+        state = "configured" if not missing else f"NOT CONFIGURED (set {', '.join(missing)})"
+        print(f"  {source.source}: {state}")
+    print()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pipelines.definitions import build_defs, full_refresh_run_config
+    from pipelines.summary import print_summary
+
+    ensure_dagster_home()
+    with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
+        report_sources(sandbox_env)
+        print(f"Warehouse: {env('WAREHOUSE_PATH')}\n")
+        defs = build_defs()
+        job = defs.resolve_job_def("sync_all")
+        run_config = full_refresh_run_config() if args.full_refresh else {}
+        with dg.DagsterInstance.get() as instance:
+            result = job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False
+            )
+        if not result.success:
+            for event in result.all_events:
+                if event.is_step_failure:
+                    print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
+            return 1
+        print_summary(env("WAREHOUSE_PATH"))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    ensure_dagster_home()
+    with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
+        report_sources(sandbox_env)
+        dg_bin = Path(sys.executable).with_name("dg")
+        command = [str(dg_bin), "dev", "--port", str(args.port), "--host", args.host]
+        print("Starting the Dagster UI:", " ".join(command))
+        try:
+            return subprocess.call(command, cwd=PROJECT_ROOT)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from pipelines.summary import run_query
+
+    return run_query(env("WAREHOUSE_PATH"), args.sql, max_rows=args.max_rows)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from pipelines.sandbox.__main__ import main as sandbox_main
+
+    sandbox_main(["--scale", args.scale, "--port", str(args.port)])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_env_file()
+    parser = argparse.ArgumentParser(prog="affwh", description="Affiliate-network warehouse")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the sync_all job (sandbox when no credentials are set)")
+    run.add_argument("--scale", default=os.environ.get("SANDBOX_SCALE", "small"))
+    run.add_argument("--sandbox", action="store_true", help="use the sandbox even if credentials are set")
+    run.add_argument("--full-refresh", action="store_true", help="re-read every record")
+    run.set_defaults(func=cmd_run)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (dg dev)")
+    ui.add_argument("--scale", default=os.environ.get("SANDBOX_SCALE", "small"))
+    ui.add_argument("--sandbox", action="store_true")
+    ui.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_UI_PORT", "3000")))
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.set_defaults(func=cmd_ui)
+
+    query = sub.add_parser("query", help="run SQL against the warehouse and print a table")
+    query.add_argument("sql")
+    query.add_argument("--max-rows", type=int, default=100)
+    query.set_defaults(func=cmd_query)
+
+    sandbox = sub.add_parser("sandbox", help="serve the API sandbox alone")
+    sandbox.add_argument("--scale", default="small")
+    sandbox.add_argument("--port", type=int, default=0)
+    sandbox.set_defaults(func=cmd_sandbox)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

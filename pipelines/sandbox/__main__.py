@@ -1,0 +1,50 @@
+"""Serve the sandbox: ``python -m pipelines.sandbox [--scale small] [--port 0] [--env-file F]``.
+
+Prints ``export VAR=value`` lines pointing every source at it (and writes them to ``--env-file``
+as JSON when given, which is how the CLI and the benchmarks find a sandbox they started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from datetime import datetime
+
+from pipelines.sandbox.server import Sandbox
+from pipelines.sandbox.world import SCALES
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.sandbox", description=__doc__)
+    parser.add_argument("--scale", default="small", choices=sorted(SCALES))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--anchor", help="simulated 'now' at start (ISO-8601); default: this hour")
+    parser.add_argument("--env-file", help="write the environment as JSON here once serving")
+    args = parser.parse_args(argv)
+
+    anchor = datetime.fromisoformat(args.anchor) if args.anchor else None
+    sandbox = Sandbox(scale=args.scale, seed=args.seed, anchor=anchor)
+
+    def ready(sb: Sandbox) -> None:
+        env = {**sb.env(), "SANDBOX_URL": sb.base_url}
+        if args.env_file:
+            tmp = args.env_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(env, f)
+            os.replace(tmp, args.env_file)
+        for key, value in env.items():
+            print(f"export {key}={value}")
+        print(f"# sandbox ({args.scale}) serving on {sb.base_url}; Ctrl-C to stop", file=sys.stderr)
+        sys.stdout.flush()
+
+    signal.signal(signal.SIGTERM, lambda *_: sandbox.stop())
+    sandbox.serve_forever(args.host, args.port, on_ready=ready)
+
+
+if __name__ == "__main__":
+    main()
