@@ -35,8 +35,8 @@ def known_status_check(asset: dg.AssetsDefinition | str, table: str) -> dg.Asset
     def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         rows = run_check_query(
             warehouse,
-            f"SELECT source_status, count(*) FROM {table} WHERE status IS NULL "
-            "GROUP BY ALL ORDER BY 2 DESC",
+            f"SELECT source_status, count(*) FROM {table} "
+            "WHERE status IS NULL AND source_status IS NOT NULL GROUP BY ALL ORDER BY 2 DESC",
         )
         unknown = {str(value): count for value, count in rows}
         if not unknown:

@@ -235,8 +235,14 @@ class StreamLoad:
         warnings: list[str] | None = None,
         full_walk: bool = False,
         business_sql: str | None = None,
+        after_merge: Callable[[duckdb.DuckDBPyConnection, datetime], None] | None = None,
     ) -> LoadResult:
-        """Type, validate and merge everything staged, in one warehouse transaction."""
+        """Type, validate and merge everything staged, in one warehouse transaction.
+
+        ``after_merge(con, now)`` runs inside that transaction after the tables are merged, for a
+        feed's own set-based statements (e.g. stamping ``last_checked_at`` on polled rows); it may
+        read the staging tables ``cur_<table>`` and must write only to ``wh.main.*``.
+        """
         self.flush()
         assert self.con is not None
         self._fill_keys()
@@ -253,6 +259,8 @@ class StreamLoad:
             try:
                 for spec in self.specs:
                     result.tables[spec.table] = self._merge_table(spec, now)
+                if after_merge is not None:
+                    after_merge(con, now)
                 self._write_state(cursor, now, full_walk)
                 self._write_run(result, mode, started_at, requests, retries, warnings or [])
                 if business_sql:
