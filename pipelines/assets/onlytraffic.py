@@ -1,12 +1,27 @@
-"""OnlyTraffic assets: CPC and CPL orders (Marketer API), swap orders (Studio API)."""
+"""OnlyTraffic assets: CPC and CPL orders (Marketer API), swap orders (Studio API).
 
+``swap_orders`` (incremental, in ``sync_all``) writes ``swap_orders`` and ``swap_order_sides``.
+``swap_orders_by_created_day`` writes the same tables for a range of created days (backfills from
+the UI; partitions start at ``SWAP_PARTITIONS_START``, default 2025-01-01) without touching the
+incremental cursor.
+"""
+
+import os
+from datetime import date, timedelta
 
 import dagster as dg
 
 from pipelines.assets.common import SyncConfig, materialize
 from pipelines.checks import standard_checks
-from pipelines.resources import WRITER_POOL, OnlyTrafficMarketerResource, WarehouseResource
+from pipelines.resources import (
+    WRITER_POOL,
+    OnlyTrafficMarketerResource,
+    OnlyTrafficStudioResource,
+    WarehouseResource,
+)
+from pipelines.settings import load_env_file
 from pipelines.sources import onlytraffic_marketer as marketer
+from pipelines.sources import onlytraffic_studio as studio
 from pipelines.sync import sync_status_listing
 
 CPC_BUSINESS_SQL = """
@@ -47,8 +62,162 @@ def cpc_orders(
     return materialize(context, sync)
 
 
-ASSETS: list = [cpc_orders]  # every asset of this source
-SYNC_ASSETS: list = [cpc_orders]  # current-state ingestion assets materialized by sync_all
-CHECKS: list = [*standard_checks(cpc_orders, "cpc_orders", ["order_id"])]
-JOBS: list = []
+CPL_BUSINESS_SQL = """
+SELECT sum(total_earned) AS earned_usd,
+       count(*) FILTER (WHERE status IN ('pending', 'active')) AS orders_open,
+       avg(quantity_delivered / nullif(quantity_ordered, 0)) AS avg_fill_rate
+FROM {wh}.cpl_orders
+"""
+
+
+@dg.asset(
+    group_name="onlytraffic",
+    pool=WRITER_POOL,
+    kinds={"duckdb", "python"},
+    description="OnlyTraffic CPL orders, every status, one row per order_id (+ status_history).",
+)
+def cpl_orders(
+    context: dg.AssetExecutionContext,
+    config: SyncConfig,
+    warehouse: WarehouseResource,
+    onlytraffic_marketer: OnlyTrafficMarketerResource,
+) -> dg.MaterializeResult:
+    def sync(progress):
+        with onlytraffic_marketer.client(on_retry=context.log.warning) as client:
+            return sync_status_listing(
+                warehouse=warehouse.open(on_wait=context.log.warning),
+                client=client,
+                listing=marketer.cpl_listing(client, onlytraffic_marketer.page_size or marketer.MAX_LIMIT),
+                spec=marketer.CPL_ORDERS,
+                run_id=context.run_id,
+                full_refresh=config.full_refresh,
+                max_workers=onlytraffic_marketer.max_concurrency,
+                business_sql=CPL_BUSINESS_SQL,
+                log=context.log.info,
+                on_progress=progress,
+            )
+
+    return materialize(context, sync)
+
+
+# Swaps do not earn per unit: "fan spend" is what the fans a swap brought spent on our side's
+# model (transactions_sum.total of the sides that are ours). Fill rate is per side.
+SWAP_BUSINESS_SQL = """
+SELECT (SELECT count(*) FILTER (WHERE status IN ('pending', 'active')) FROM {wh}.swap_orders) AS orders_open,
+       (SELECT sum(transactions_sum_total) FILTER (WHERE is_mine) FROM {wh}.swap_order_sides)
+           AS fan_spend_my_side_usd,
+       (SELECT avg(s.fans_subscribed_total / nullif(o.quantity, 0))
+        FROM {wh}.swap_order_sides AS s JOIN {wh}.swap_orders AS o USING (order_id)) AS avg_fill_rate
+"""
+
+
+def _swap_listing(client, resource: OnlyTrafficStudioResource) -> studio.PageStatusListing:
+    return studio.PageStatusListing(
+        client,
+        page_size=resource.page_size or studio.MAX_PAGE_SIZE,
+        concurrency=resource.max_concurrency,
+    )
+
+
+@dg.asset(
+    group_name="onlytraffic",
+    pool=WRITER_POOL,
+    kinds={"duckdb", "python"},
+    description="OnlyTraffic swap orders, every status (taken from the status filter: the API "
+    "sends none), one row per order_id (+ status_history); also writes swap_order_sides.",
+)
+def swap_orders(
+    context: dg.AssetExecutionContext,
+    config: SyncConfig,
+    warehouse: WarehouseResource,
+    onlytraffic_studio: OnlyTrafficStudioResource,
+) -> dg.MaterializeResult:
+    def sync(progress):
+        with onlytraffic_studio.client(on_retry=context.log.warning) as client:
+            return sync_status_listing(
+                warehouse=warehouse.open(on_wait=context.log.warning),
+                client=client,
+                listing=_swap_listing(client, onlytraffic_studio),
+                spec=studio.SWAP_ORDERS,
+                extra_specs=(studio.SWAP_ORDER_SIDES,),
+                run_id=context.run_id,
+                full_refresh=config.full_refresh,
+                max_workers=onlytraffic_studio.max_concurrency,
+                business_sql=SWAP_BUSINESS_SQL,
+                log=context.log.info,
+                on_progress=progress,
+            )
+
+    return materialize(context, sync)
+
+
+def swap_partitions_start() -> str:
+    """``SWAP_PARTITIONS_START`` (YYYY-MM-DD, default 2025-01-01): the first backfillable day."""
+    load_env_file()  # this module is imported before definitions.py loads .env
+    value = os.environ.get("SWAP_PARTITIONS_START") or "2025-01-01"
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"SWAP_PARTITIONS_START={value!r} is not a date (YYYY-MM-DD)") from None
+    return value
+
+
+# end_offset=1: today is a partition too (re-running it later is harmless: loads are upserts).
+SWAP_DAYS = dg.DailyPartitionsDefinition(start_date=swap_partitions_start(), end_offset=1)
+
+
+@dg.asset(
+    group_name="onlytraffic",
+    pool=WRITER_POOL,
+    kinds={"duckdb", "python"},
+    partitions_def=SWAP_DAYS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="Swap orders created on the selected days (UTC), every status, into swap_orders "
+    "and swap_order_sides. A backfill of a day range runs once, one walk per status.",
+)
+def swap_orders_by_created_day(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    onlytraffic_studio: OnlyTrafficStudioResource,
+) -> dg.MaterializeResult:
+    window = context.partition_time_window
+    first_day = window.start.date()
+    last_day = (window.end - timedelta(days=1)).date()  # the window's end is exclusive
+
+    def sync(progress):
+        with onlytraffic_studio.client(on_retry=context.log.warning) as client:
+            return studio.sync_created_range(
+                warehouse=warehouse.open(on_wait=context.log.warning),
+                client=client,
+                listing=_swap_listing(client, onlytraffic_studio),
+                first_day=first_day,
+                last_day=last_day,
+                run_id=context.run_id,
+                max_workers=onlytraffic_studio.max_concurrency,
+                business_sql=SWAP_BUSINESS_SQL,
+                log=context.log.info,
+                on_progress=progress,
+            )
+
+    result = materialize(context, sync)
+    metadata = {**(result.metadata or {}), "created_from": first_day.isoformat(), "created_to": last_day.isoformat()}
+    return dg.MaterializeResult(metadata=metadata)
+
+
+swap_orders_by_created_day_job = dg.define_asset_job(
+    "swap_orders_by_created_day_job",
+    selection=[swap_orders_by_created_day],
+    partitions_def=SWAP_DAYS,
+    description="Backfill swap orders by created day (select a date range in the UI: one run).",
+)
+
+ASSETS: list = [cpc_orders, cpl_orders, swap_orders, swap_orders_by_created_day]  # every asset of this source
+SYNC_ASSETS: list = [cpc_orders, cpl_orders, swap_orders]  # current-state ingestion assets materialized by sync_all
+CHECKS: list = [
+    *standard_checks(cpc_orders, "cpc_orders", ["order_id"]),
+    *standard_checks(cpl_orders, "cpl_orders", ["order_id"]),
+    *standard_checks(swap_orders, "swap_orders", ["order_id"]),
+    *standard_checks(swap_orders, "swap_order_sides", ["order_id", "side"], has_status=False),
+]
+JOBS: list = [swap_orders_by_created_day_job]
 SCHEDULES: list = []

@@ -1,15 +1,16 @@
-"""Simulated OnlyTraffic Marketer API: ``GET /api/marketer/cpc/orders`` (CPL slots in beside it).
+"""Simulated OnlyTraffic Marketer API: ``GET /api/marketer/cpc/orders`` and ``/api/marketer/cpl/orders``.
 
 Faithful to the docs: ``Authorization`` key; ``offset`` (default 0) and ``limit`` (default 50,
 max 1000) as query parameters or JSON body fields; the default status filter is ``active``;
 errors, including validation errors and rate limits, come as ``{"status": "error", ...}`` inside
 HTTP 200 bodies. Assumption where the docs are silent: lists are newest-created first, and a
-wrong key gets HTTP 401 with an error envelope.
+wrong key gets HTTP 401 with an error envelope. The CPL default status filter is undocumented:
+here it is ``accepted`` only, so a client that forgets ``status`` visibly loses orders.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 import orjson
@@ -71,6 +72,72 @@ class CpcBook(OrderBook):
         }
 
 
+CPL_CAMPAIGN_TYPES = ("free", "paid", "paid_trial", "tracking_link")
+LINK_BASED = ("paid_trial", "tracking_link")  # campaigns whose clicks are counted
+
+
+class CplBook(OrderBook):
+    """CPL orders: fans ordered against our offers. Waiting orders are auto-rejected after 3 days.
+
+    ``status_overrides`` (order_id -> raw status) makes the API report an order with a status
+    outside the documented enum while still listing it under its documented filter: tests use it
+    to check that an unknown value is kept, not dropped.
+    """
+
+    feed = "cpl"
+    id_prefix = "cplo_"
+    active = "accepted"  # also the (undocumented) default status filter
+    cancelled = "cancelled"
+    count_attr = "cpl_orders"
+    ordered_range = (50, 1500)
+    price_range = (1.5, 6.0)
+    auto_reject_after = timedelta(days=3)
+
+    def __init__(self, world) -> None:
+        self.status_overrides: dict[str, str] = {}
+        super().__init__(world)
+
+    def customize(self, rng, order: Order) -> None:
+        campaign_type = rng.choice(CPL_CAMPAIGN_TYPES)
+        url = None
+        if rng.random() >= 0.15:  # campaign_url is nullable
+            kind = "trial" if campaign_type == "paid_trial" else "c"
+            url = f"https://onlyfans.com/model{order.account}/{kind}{order.n}"
+        order.extra = {
+            "offer_id": 5000 + rng.randrange(40),
+            "campaign_type": campaign_type,
+            "campaign_url": url,
+            "clicks_per_fan": rng.uniform(4, 15) if campaign_type in LINK_BASED else None,
+            "tags": rng.sample(["reddit", "twitter", "tiktok", "ig", "vip"], rng.randrange(3)),
+        }
+
+    def render(self, o: Order) -> dict[str, Any]:
+        delivered = int(o.delivered)
+        per_fan = o.extra["clicks_per_fan"]
+        clicks = int(delivered * per_fan) if per_fan else None
+        completed = o.finished if o.status == self.completed else None
+        return {
+            "order_id": o.order_id,
+            "offer_id": o.extra["offer_id"],
+            "of_account_id": o.account,
+            "campaign_type": o.extra["campaign_type"],
+            "campaign_url": o.extra["campaign_url"],
+            "quantity_ordered": o.ordered,
+            "quantity_delivered": delivered,
+            "price_per_fan": o.price,
+            "clicks": clicks,
+            "total_earned": round(min(o.ordered, delivered) * o.price, 2),
+            "status": self.status_overrides.get(o.order_id, o.status),
+            "created_at": iso(o.created.astimezone(UTC)),
+            "created_at_ts": epoch(o.created),
+            "completed_at": iso(completed.astimezone(UTC)) if completed else None,
+            "completed_at_ts": epoch(completed),
+            # not in the fact sheet (the dashboard shows them): clients must keep, not fail on them
+            "tags": o.extra["tags"],
+            "conversion_rate": round(delivered / clicks, 4) if clicks else None,
+        }
+
+
 def error_envelope(message: str, code: int) -> dict:
     return {"status": "error", "message": message, "error_code": code}
 
@@ -84,7 +151,7 @@ class MarketerApi:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         world = sandbox.world
-        self.books: dict[str, OrderBook] = {"cpc": CpcBook(world)}
+        self.books: dict[str, OrderBook] = {"cpc": CpcBook(world), "cpl": CplBook(world)}
         for key, book in self.books.items():
             world.datasets[f"marketer_{key}"] = book
 
@@ -119,7 +186,7 @@ class MarketerApi:
                 limit = _int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=1, maximum=MAX_LIMIT)
             except ValueError as exc:
                 return json_response(error_envelope(str(exc), 422))
-            status = params.get("status", book.active)  # documented default: active only
+            status = params.get("status", book.active)  # CPC documented: active only; CPL: accepted
             if status not in book.statuses:
                 return json_response(error_envelope(f"The selected status is invalid: {status}", 422))
             with self.sandbox.world.lock:

@@ -3,8 +3,11 @@
 Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
 ``onlytraffic-marketer-cpl-orders.md``. What matters for correctness:
 
-- The list endpoints return only *active* orders unless ``status`` is passed, so every status is
-  requested explicitly, one list per status.
+- The list endpoints return only *active* orders unless ``status`` is passed (CPC), or an
+  undocumented default subset (CPL), so every status is requested explicitly, one list per status.
+- CPL statuses: the fact sheet lists waiting, accepted, rejected, completed; ``cancelled`` is in our
+  mapping (and the Studio API's enum) so it is requested too. Assumption (docs silent): money is in
+  USD units, ``clicks`` is NULL for campaigns that are not link-based.
 - Errors arrive as ``{"status": "error", "error_code": 422|404|429, "message": ...}``, possibly with
   HTTP 200: :func:`marketer_envelope` turns them into errors (429 is retried), never empty pages.
 - Pagination is ``offset``/``limit`` (max 1000) with no total: a page shorter than ``limit`` ends a
@@ -26,6 +29,7 @@ from pipelines.loader import Page
 from pipelines.staging import Field, TableSpec
 
 CPC_PATH = "/api/marketer/cpc/orders"
+CPL_PATH = "/api/marketer/cpl/orders"
 MAX_LIMIT = 1000
 # An incremental read of a terminal list starts with a small page: usually nothing new is there,
 # and the probe should not re-download a thousand orders we already have.
@@ -78,6 +82,7 @@ class OffsetStatusListing:
         key: str = "order_id",
         limit: int = MAX_LIMIT,
         extra_params: dict[str, Any] | None = None,
+        optional_statuses: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.path = path
@@ -87,6 +92,9 @@ class OffsetStatusListing:
         self.key = key
         self.limit = min(limit, MAX_LIMIT)
         self.extra_params = extra_params or {}
+        # Statuses the docs do not list (CPL ``cancelled``): if the API rejects the filter as
+        # invalid (422), that list is treated as empty with a warning instead of failing the run.
+        self.optional_statuses = optional_statuses
 
     def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
         outcome = WalkOutcome(status, complete=False)
@@ -97,7 +105,17 @@ class OffsetStatusListing:
         limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
         while True:
             params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
-            response = self.client.get(self.path, params=params)
+            try:
+                response = self.client.get(self.path, params=params)
+            except ApiError as err:
+                if offset == 0 and status in self.optional_statuses and err.status_code == 422:
+                    outcome.complete = True
+                    outcome.warnings.append(
+                        f"{self.label}:{status}: the API rejected this status filter ({err.reason}); "
+                        "treated as an empty list"
+                    )
+                    return outcome
+                raise
             records = response.data["data"]
             keys = {r.get(self.key) for r in records if isinstance(r, dict)}
             if records and keys and keys == previous_keys:
@@ -168,6 +186,39 @@ def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListin
         terminal_statuses=("rejected", "completed"),
         label="cpc_orders",
         limit=limit,
+    )
+
+
+CPL_ORDERS = TableSpec(
+    table="cpl_orders",
+    source="cpl",
+    key=("order_id",),
+    fields=(
+        Field("order_id", "$.order_id", "id", required=True),
+        Field("offer_id", "$.offer_id", "integer"),
+        Field("of_account_id", "$.of_account_id", "integer"),
+        Field("campaign_type", "$.campaign_type", "string"),
+        Field("campaign_url", "$.campaign_url", "string"),
+        Field("quantity_ordered", "$.quantity_ordered", "integer"),
+        Field("quantity_delivered", "$.quantity_delivered", "integer"),
+        Field("price_per_fan", "$.price_per_fan", "number"),
+        Field("clicks", "$.clicks", "integer"),
+        Field("total_earned", "$.total_earned", "number"),
+        Field("created_at", "$.created_at", "timestamp", epoch_fallback="$.created_at_ts"),
+        Field("completed_at", "$.completed_at", "timestamp", epoch_fallback="$.completed_at_ts"),
+    ),
+)
+
+
+def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
+    return OffsetStatusListing(
+        client,
+        CPL_PATH,
+        open_statuses=("waiting", "accepted"),
+        terminal_statuses=("rejected", "completed", "cancelled"),
+        label="cpl_orders",
+        limit=limit,
+        optional_statuses=("cancelled",),
     )
 
 

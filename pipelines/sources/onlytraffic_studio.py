@@ -1,0 +1,442 @@
+"""OnlyTraffic Studio API: swap orders (``GET /swaps/orders``) and their two sides.
+
+Docs: ``shared/api-docs/onlytraffic-studio-swap-orders.md``. What matters for correctness:
+
+- A swap order record has **no status field**. Every status is requested explicitly, one list per
+  ``status`` filter, and a record's status is the filter it was listed under (the loader falls
+  back to ``Page.listed_status`` when ``$.status`` is absent; if the API ever sends one, it wins).
+- Pagination is ``page`` (1-based) / ``page_size`` (default 50, **max 100**) with a ``pagination``
+  block (``total``, ``total_pages``, ``has_next``). After the first page the remaining pages are
+  fetched concurrently (the client bounds requests in flight). Pagination that lies (a total that
+  moves, empty pages before the end, a list that keeps growing) is survived and reported, never
+  looped on forever.
+- ``from``/``to`` (``YYYY-MM-DD``, UTC, inclusive) bound the created date: the incremental read of
+  a terminal list asks ``from=<since date>``; a partition-range run asks ``from``/``to``.
+- Assumption (docs silent on errors): the error format is
+  ``{"success": false, "error": {"code": ..., "message": ...}}``, sent with HTTP 422 for invalid
+  parameters and possibly with HTTP 200 for rate limits. :func:`studio_envelope` accepts only
+  ``{"success": true, "data": [...]}``; anything else is an error, never an empty page.
+- Assumptions (docs silent): without ``role`` both roles are listed; money (``guaranteed_price``,
+  ``subscribe_price``, ``transactions_sum``, ``arpu``) is in USD units, not cents.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from models.onlytraffic import SWAP_COUNT_BLOCKS
+from models.status import status_case_sql
+from pipelines.fetch import Emit, run_producers
+from pipelines.http import ApiClient, ApiError, AuthError
+from pipelines.incremental import WalkOutcome
+from pipelines.loader import Page, StreamLoad
+from pipelines.staging import Field, TableSpec
+from pipelines.sync import SyncReport
+from pipelines.warehouse import Warehouse
+
+SWAP_PATH = "/swaps/orders"
+MAX_PAGE_SIZE = 100
+OPEN_STATUSES = ("waiting", "accepted")
+TERMINAL_STATUSES = ("rejected", "completed", "cancelled")
+# Error codes (or HTTP statuses) in an error body that mean "slow down and retry".
+_RETRYABLE_CODES = {"rate_limited", "rate_limit_exceeded", "too_many_requests", "429", "server_error"}
+_AUTH_CODES = {"unauthorized", "forbidden", "invalid_api_key", "401", "403"}
+
+
+def studio_envelope(data: Any, http_status: int) -> None:
+    """Raise for anything but ``{"success": true, "data": [...]}`` (rate limits are retryable)."""
+    if not isinstance(data, dict):
+        raise ApiError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("success") is True:
+        if not isinstance(data.get("data"), list):
+            raise ApiError("success envelope without a 'data' list")
+        return
+    error = data.get("error")
+    if isinstance(error, dict):
+        code = str(error.get("code", "")).lower()
+        message = str(error.get("message") or "no message")
+    else:
+        code, message = "", str(error or data.get("message") or "no message")
+    described = f"error {code or 'without code'} in HTTP {http_status} body: {message[:300]}"
+    if code in _AUTH_CODES:
+        raise AuthError(described, status_code=http_status)
+    retryable = code in _RETRYABLE_CODES or http_status == 429 or http_status >= 500
+    if data.get("success") is not False and not error:
+        raise ApiError(f"unexpected envelope (no success flag) in HTTP {http_status} body")
+    raise ApiError(described, status_code=http_status, retryable=retryable)
+
+
+@dataclass
+class _Fetched:
+    """One page: what it brought and what its pagination block claimed."""
+
+    number: int
+    records: int
+    keys: frozenset
+    total: int | None
+    total_pages: int | None
+    has_next: bool | None
+
+
+@dataclass
+class _WalkState:
+    """What one walk has seen so far; pages may arrive from several threads."""
+
+    outcome: WalkOutcome
+    label: str
+    first_total: int | None = None
+    records: int = 0
+    warned_total: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, page: _Fetched) -> None:
+        with self.lock:
+            self.records += page.records
+            if page.has_next is True and page.total_pages is not None and page.number >= page.total_pages:
+                self.warn(
+                    f"page {page.number} says has_next but total_pages is {page.total_pages}; "
+                    "stopped at total_pages"
+                )
+            if (
+                page.total is not None
+                and self.first_total is not None
+                and page.total != self.first_total
+                and not self.warned_total
+            ):
+                self.warned_total = True
+                self.warn(
+                    f"total changed from {self.first_total} to {page.total} between pages "
+                    "(the list moved while it was read; the next run re-reads open orders)"
+                )
+
+    def warn(self, message: str) -> None:
+        self.outcome.warnings.append(f"{self.label}: {message}")
+
+
+class PageStatusListing:
+    """One ``page``/``page_size`` list per status filter (the Studio API's pagination).
+
+    Implements the ``StatusListing`` protocol of :mod:`pipelines.incremental`; ``walk_range``
+    serves partition-range runs (every order created between two dates, inclusive).
+    """
+
+    open_statuses = OPEN_STATUSES
+    terminal_statuses = TERMINAL_STATUSES
+
+    def __init__(
+        self,
+        client: ApiClient,
+        path: str = SWAP_PATH,
+        *,
+        label: str = "swap_orders",
+        page_size: int = MAX_PAGE_SIZE,
+        concurrency: int = 4,
+        key: str = "order_id",
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.label = label
+        self.page_size = max(1, min(page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE))
+        self.concurrency = max(1, concurrency)
+        self.key = key
+
+    # -- the StatusListing protocol --------------------------------------------------------------
+
+    def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
+        """A whole status list, or (with ``since``) only orders created on or after its date.
+
+        ``from`` is date-granular and inclusive, so a few known orders of that day come back
+        (harmless). ``complete`` is only claimed for a whole list: the caller re-reads terminal
+        lists in full when an order that left the open lists is not found.
+        """
+        params: dict[str, Any] = {"status": status, "sort": "created_at_desc"}
+        if since is not None:
+            params["from"] = since.astimezone(UTC).date().isoformat()
+        outcome = self._walk(status, params, emit)
+        if since is not None:
+            outcome.complete = False
+        return outcome
+
+    def walk_range(self, status: str, first_day: date, last_day: date, emit: Emit[Page]) -> WalkOutcome:
+        """Every order in ``status`` created from ``first_day`` to ``last_day`` (UTC, inclusive)."""
+        params = {
+            "status": status,
+            "sort": "created_at_desc",
+            "from": first_day.isoformat(),
+            "to": last_day.isoformat(),
+        }
+        return self._walk(status, params, emit)
+
+    # -- pagination --------------------------------------------------------------------------------
+
+    def _fetch(self, params: dict[str, Any], number: int, emit: Emit[Page], status: str) -> _Fetched:
+        response = self.client.get(self.path, params={**params, "page": number, "page_size": self.page_size})
+        body = response.data
+        records = body["data"]
+        pagination = body.get("pagination") if isinstance(body.get("pagination"), dict) else {}
+        emit(Page(response.content, len(records), listed_status=status, label=f"{self.label}:{status}"))
+        return _Fetched(
+            number=number,
+            records=len(records),
+            keys=frozenset(r.get(self.key) for r in records if isinstance(r, dict)),
+            total=_int_or_none(pagination.get("total")),
+            total_pages=_int_or_none(pagination.get("total_pages")),
+            has_next=pagination.get("has_next") if isinstance(pagination.get("has_next"), bool) else None,
+        )
+
+    def _is_last(self, page: _Fetched) -> bool:
+        """The end of a list: ``has_next`` false, at or past ``total_pages``, an empty page, or
+        (without a pagination block) a short page."""
+        if page.has_next is False or page.records == 0:
+            return True
+        if page.total_pages is not None and page.number >= page.total_pages:
+            return True
+        return page.has_next is None and page.total_pages is None and page.records < self.page_size
+
+    def _walk(self, status: str, params: dict[str, Any], emit: Emit[Page]) -> WalkOutcome:
+        outcome = WalkOutcome(status, complete=False)
+        state = _WalkState(outcome, f"{self.label}:{status}")
+        first = self._fetch(params, 1, emit, status)
+        state.first_total = first.total
+        state.observe(first)
+        if self._is_last(first):
+            if first.has_next is False and first.total_pages not in (None, 0, 1):
+                state.warn(f"has_next false on page 1 of {first.total_pages}; stopped there")
+            return self._finish(state, complete=True)
+
+        planned = first.total_pages
+        # Enough headroom for a list that grows while it is read, never unbounded.
+        cap = 2 * planned + 10 if planned else 10_000
+        last = first
+        if planned and planned > 1:
+            pages = self._fetch_concurrently(params, range(2, planned + 1), emit, status, state)
+            seen: dict[frozenset, int] = {first.keys: 1} if first.keys else {}
+            for page in pages:
+                if page.records == 0 and page.number < planned:
+                    state.warn(f"page {page.number} of {planned} was empty")
+                if page.keys and page.keys in seen:
+                    state.warn(f"page {page.number} repeated page {seen[page.keys]}")
+                seen.setdefault(page.keys, page.number)
+            last = pages[-1]
+            if self._is_last(last):
+                return self._finish(state, complete=True)
+            state.warn(f"the list grew past the {planned} page(s) announced; reading on")
+
+        number = last.number
+        previous_keys = last.keys
+        repeats = 0
+        while number < cap:
+            number += 1
+            page = self._fetch(params, number, emit, status)
+            state.observe(page)
+            if page.keys and page.keys == previous_keys:
+                repeats += 1
+                state.warn(f"page {number} repeated the previous page")
+                if repeats >= 3:
+                    state.warn(f"pagination stuck at page {number}; list not complete")
+                    return self._finish(state, complete=False)
+            else:
+                repeats = 0
+            previous_keys = page.keys
+            if self._is_last(page):
+                if page.records == 0 and page.total_pages is not None and number <= page.total_pages:
+                    state.warn(f"page {number} of {page.total_pages} was empty; stopped there")
+                return self._finish(state, complete=True)
+        state.warn(f"stopped after {cap} pages; list not complete")
+        return self._finish(state, complete=False)
+
+    def _fetch_concurrently(
+        self, params: dict[str, Any], numbers: range, emit: Emit[Page], status: str, state: _WalkState
+    ) -> list[_Fetched]:
+        """Fetch known pages in parallel; the first failure stops the rest and is re-raised."""
+        stop = threading.Event()
+
+        def one(number: int) -> _Fetched | None:
+            if stop.is_set():
+                return None
+            try:
+                page = self._fetch(params, number, emit, status)
+            except BaseException:
+                stop.set()
+                raise
+            state.observe(page)
+            return page
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(numbers)), thread_name_prefix="studio-page") as pool:
+            futures = [pool.submit(one, n) for n in numbers]
+            error: BaseException | None = None
+            results = []
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    error = error or exc
+            if error is not None:
+                raise error
+        return [r for r in results if r is not None]
+
+    def _finish(self, state: _WalkState, *, complete: bool) -> WalkOutcome:
+        state.outcome.complete = complete
+        total = state.first_total
+        if complete and total is not None and not state.warned_total and state.records != total:
+            state.warn(f"served {state.records} record(s) but announced a total of {total}")
+        return state.outcome
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# -- table specs ---------------------------------------------------------------------------------
+
+SWAP_ORDERS = TableSpec(
+    table="swap_orders",
+    source="swap",
+    key=("order_id",),
+    fields=(
+        Field("order_id", "$.order_id", "id", required=True),
+        Field("offer_id", "$.offer_id", "integer"),
+        Field("quantity", "$.quantity", "integer"),
+        Field("max_days", "$.max_days", "integer"),
+        Field("guaranteed_price", "$.guaranteed_price", "number"),
+        Field("stats_public_arpu", "$.stats_public_arpu", "boolean"),
+        Field("is_offer_mine", "$.is_offer_mine", "boolean"),
+        Field("is_order_mine", "$.is_order_mine", "boolean"),
+        Field("created_at", "$.created_at", "timestamp", epoch_fallback="$.created_at_ts"),
+        Field("started_at", "$.started_at", "timestamp", epoch_fallback="$.started_at_ts"),
+        Field("completed_at", "$.completed_at", "timestamp", epoch_fallback="$.completed_at_ts"),
+    ),
+)
+
+# One record per side: the API's side block plus the parent's order_id, the side's name and the
+# order's raw status (part of the record, so a status change rewrites the side row too).
+_ORDER_STATUS = "coalesce(json_extract_string(rec, '$.status'), listed_status)"
+_SIDE_RECORDS_SQL = " UNION ALL ".join(
+    f"""
+    SELECT seq, pos * 2 + {i} AS pos, listed_status,
+           json_merge_patch(
+               json_extract(rec, '$.{side}_side'),
+               json_object('order_id', json_extract(rec, '$.order_id'), 'side', '{side}',
+                           'order_status', {_ORDER_STATUS})
+           ) AS rec
+    FROM recs
+    WHERE json_type(rec, '$.{side}_side') = 'OBJECT'
+    """
+    for i, side in enumerate(("offer", "order"))
+)
+
+_SIDE_STATUS = "json_extract_string(rec, '$.order_status')"
+
+
+def _stats_fields() -> tuple[Field, ...]:
+    fields = [
+        Field("fans_subscribed_total", "$.stats.fans_subscribed.total", "integer"),
+        Field("fans_subscribed_today", "$.stats.fans_subscribed.today", "integer"),
+        Field("transactions_sum_total", "$.stats.transactions_sum.total", "number"),
+        Field("transactions_sum_today", "$.stats.transactions_sum.today", "number"),
+        Field("arpu", "$.stats.arpu", "number"),
+        Field("arpu_paying", "$.stats.arpu_paying", "number"),
+        Field("romi", "$.stats.romi", "number"),
+    ]
+    for block in SWAP_COUNT_BLOCKS:
+        fields += [
+            Field(f"{block}_total", f"$.stats.{block}.total", "integer"),
+            Field(f"{block}_today", f"$.stats.{block}.today", "integer"),
+            Field(f"{block}_percent", f"$.stats.{block}.percent", "number"),
+        ]
+    return tuple(fields)
+
+
+SWAP_ORDER_SIDES = TableSpec(
+    table="swap_order_sides",
+    source=None,  # no status history of its own: the order's is in swap_orders
+    key=("order_id", "side"),
+    records_sql=_SIDE_RECORDS_SQL,
+    created_field=None,
+    fields=(
+        Field("order_id", "$.order_id", "id", required=True),
+        Field("side", "$.side", "string", required=True),
+        Field("is_mine", "$.is_mine", "boolean"),
+        Field("of_account_id", "$.model.of_account_id", "integer"),
+        Field("username", "$.model.username", "string"),
+        Field("performer_top", "$.model.performer_top", "number"),
+        Field("subscribe_price", "$.model.subscribe_price", "number"),
+        Field("campaign_link", "$.campaign_link", "string"),
+        *_stats_fields(),
+        Field("source_status", sql=_SIDE_STATUS),
+        Field("status", sql=f"CAST({status_case_sql('swap', _SIDE_STATUS)} AS VARCHAR)"),
+    ),
+)
+
+SWAP_SPECS = (SWAP_ORDERS, SWAP_ORDER_SIDES)
+
+
+# -- partition-range runs ------------------------------------------------------------------------
+
+RANGE_STREAM = "swap_orders_by_created_day"
+
+
+def sync_created_range(
+    *,
+    warehouse: Warehouse,
+    client: ApiClient,
+    listing: PageStatusListing,
+    first_day: date,
+    last_day: date,
+    run_id: str,
+    max_workers: int = 4,
+    business_sql: str | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+    on_progress: Callable[[str, int], None] | None = None,
+) -> SyncReport:
+    """Load every swap order created from ``first_day`` to ``last_day``, in every status.
+
+    One walk per status over the whole range (``from``/``to``), committed in one transaction under
+    its own stream name: the incremental cursor of ``swap_orders`` is never moved, and orders
+    outside the range are not looked for, so none is ever taken for vanished.
+    """
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    statuses = [*listing.open_statuses, *listing.terminal_statuses]
+    warnings: list[str] = []
+    with StreamLoad(
+        warehouse,
+        RANGE_STREAM,
+        list(SWAP_SPECS),
+        run_id=run_id,
+        key_sql="json_extract_string(rec, '$.order_id')",
+        on_progress=on_progress,
+    ) as load:
+        log(f"swap_orders: reading every status created {first_day} .. {last_day}")
+        outcomes = run_producers(
+            [lambda emit, s=s: listing.walk_range(s, first_day, last_day, emit) for s in statuses],
+            load.add,
+            max_workers=max_workers,
+        )
+        for outcome in outcomes:
+            assert isinstance(outcome, WalkOutcome)
+            warnings.extend(outcome.warnings)
+        result = load.commit(
+            cursor={"last_range": [first_day.isoformat(), last_day.isoformat()]},
+            mode="partition_range",
+            started_at=started_at,
+            requests=client.stats.requests,
+            retries=client.stats.retries,
+            warnings=warnings,
+            business_sql=business_sql,
+        )
+    return SyncReport(
+        stream=RANGE_STREAM,
+        mode="partition_range",
+        result=result,
+        requests=client.stats.requests,
+        retries=client.stats.retries,
+        seconds=time.monotonic() - started,
+        warnings=warnings,
+    )
