@@ -88,6 +88,7 @@ def report_sources(sandbox_env: dict[str, str] | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from pipelines import progress
     from pipelines.definitions import build_defs, full_refresh_run_config
     from pipelines.summary import print_summary
 
@@ -98,6 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         defs = build_defs()
         job = defs.resolve_job_def("sync_all")
         run_config = full_refresh_run_config() if args.full_refresh else {}
+        if not args.verbose:
+            # the progress display replaces Dagster's per-event console log
+            progress.enable()
+            run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        print("Syncing (the run is recorded in the Dagster instance; `make ui` shows it):")
         with dg.DagsterInstance.get() as instance:
             result = job.execute_in_process(
                 run_config=run_config, instance=instance, raise_on_error=False
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scale", default=os.environ.get("SANDBOX_SCALE", "small"))
     run.add_argument("--sandbox", action="store_true", help="use the sandbox even if credentials are set")
     run.add_argument("--full-refresh", action="store_true", help="re-read every record")
+    run.add_argument("--verbose", action="store_true", help="Dagster's full event log instead of the progress display")
     run.set_defaults(func=cmd_run)
 
     ui = sub.add_parser("ui", help="start the Dagster UI (dg dev)")

@@ -98,13 +98,41 @@ def _types(kinds: tuple[str, ...]) -> str:
     return "(" + ", ".join(_lit(k) for k in kinds) + ")"
 
 
-def field_sql(f: Field, rec: str = "rec") -> tuple[str, str | None]:
+class _Paths:
+    """Every JSON path a spec reads, extracted in ONE parse per record.
+
+    DuckDB's JSON functions re-parse the document on every call; with dozens of fields per record
+    that is dozens of parses (and parse buffers) per row. ``json_type(rec, [paths])`` and
+    ``json_extract_string(rec, [paths])`` read all paths at once; fields index into those lists.
+    """
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def index(self, path: str) -> int:
+        if path not in self.paths:
+            self.paths.append(path)
+        return self.paths.index(path) + 1  # DuckDB lists are 1-based
+
+    def jt(self, path: str) -> str:
+        return f"_t[{self.index(path)}]"
+
+    def s(self, path: str) -> str:
+        return f"_s[{self.index(path)}]"
+
+    def select_list(self, rec: str = "rec") -> str:
+        if not self.paths:
+            return "NULL AS _t, NULL AS _s"
+        paths = "[" + ", ".join(_lit(p) for p in self.paths) + "]"
+        return f"json_type({rec}, {paths}) AS _t, json_extract_string({rec}, {paths}) AS _s"
+
+
+def field_sql(f: Field, paths: _Paths, rec: str = "rec") -> tuple[str, str | None]:
     """(value expression, invalid-condition expression or None) for one field."""
     if f.sql is not None:
         return f.sql, None
-    path = _lit(f.path)
-    jt = f"json_type({rec}, {path})"
-    s = f"json_extract_string({rec}, {path})"
+    jt = paths.jt(f.path)
+    s = paths.s(f.path)
     present = f"({jt} IS NOT NULL AND {jt} <> 'NULL')"
     kind = f.kind
     if kind == "string":
@@ -132,9 +160,9 @@ def field_sql(f: Field, rec: str = "rec") -> tuple[str, str | None]:
         parsed = f"TRY_CAST({s} AS TIMESTAMPTZ)"
         ok = f"({jt} = 'VARCHAR' AND {parsed} IS NOT NULL)"
         if f.epoch_fallback:
-            fb = _lit(f.epoch_fallback)
-            fb_s = f"json_extract_string({rec}, {fb})"
-            fb_ok = f"json_type({rec}, {fb}) IN {_types(_INTS)}"
+            fb_t = paths.jt(f.epoch_fallback)
+            fb_s = paths.s(f.epoch_fallback)
+            fb_ok = f"{fb_t} IN {_types(_INTS)}"
             fb_val = f"CASE WHEN {fb_ok} THEN to_timestamp(TRY_CAST({fb_s} AS BIGINT)) END"
             value = f"COALESCE({parsed}, {fb_val})"
             ok = f"({ok} OR {fb_ok})"
@@ -147,7 +175,7 @@ def field_sql(f: Field, rec: str = "rec") -> tuple[str, str | None]:
         value = f"TRY_CAST({s} AS DATE)"
         ok = f"({jt} = 'VARCHAR' AND {value} IS NOT NULL)"
     else:  # json
-        value, ok = f"json_extract({rec}, {path})", None
+        value, ok = f"json_extract({rec}, {_lit(f.path)})", None
     if ok is None:
         invalid = f"({jt} IS NULL OR {jt} = 'NULL')" if f.required else None
         return value, invalid
@@ -158,33 +186,34 @@ def field_sql(f: Field, rec: str = "rec") -> tuple[str, str | None]:
     return value, invalid
 
 
-def reason_sql(f: Field, rec: str = "rec") -> str | None:
+def reason_sql(f: Field, paths: _Paths) -> str | None:
     """SQL yielding a human-readable reason when the field is invalid, else NULL."""
-    _, invalid = field_sql(f, rec)
-    if invalid is None:
-        return None
     if f.sql is not None:
         return None
-    got = f"coalesce(json_type({rec}, {_lit(f.path)}), 'nothing')"
+    _, invalid = field_sql(f, paths)
+    if invalid is None:
+        return None
+    got = f"coalesce({paths.jt(f.path)}, 'nothing')"
     return (
         f"CASE WHEN {invalid} THEN {_lit(f'{f.name} ({f.path}): expected {f.kind}, got ')} || {got} "
-        f"|| coalesce(': ' || left(json_extract_string({rec}, {_lit(f.path)}), 60), '') END"
+        f"|| coalesce(': ' || left({paths.s(f.path)}, 60), '') END"
     )
 
 
 def typed_select_sql(spec: TableSpec, source_relation: str) -> str:
-    """SELECT producing, per staged record: seq, the typed columns, source_status, status, raw,
-    row_hash, entity_id and ``_reason`` (NULL when the record is valid)."""
+    """SELECT producing, per staged record: seq, pos, the typed columns, source_status, status,
+    raw, row_hash, entity_id and ``_reason`` (NULL when the record is valid)."""
+    paths = _Paths()
     cols = []
     reasons = []
     for f in spec.fields:
-        value, _ = field_sql(f)
+        value, _ = field_sql(f, paths)
         cols.append(f"{value} AS {_q(f.name)}")
-        r = reason_sql(f)
+        r = reason_sql(f, paths)
         if r:
             reasons.append(r)
     if spec.has_status:
-        raw_status = f"json_extract_string(rec, {_lit(spec.status_path)})" if spec.status_path else "NULL"
+        raw_status = paths.s(spec.status_path) if spec.status_path else "NULL"
         source_status = f"coalesce({raw_status}, listed_status)"
         cols.append(f"{source_status} AS source_status")
         cols.append(f"{status_case_sql(spec.source, source_status)} AS status")
@@ -195,5 +224,6 @@ def typed_select_sql(spec: TableSpec, source_relation: str) -> str:
     cols.append(f"md5(coalesce({status_for_hash}, '') || '|' || CAST(rec AS VARCHAR)) AS row_hash")
     reason = "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "NULL"
     select = ", ".join(cols)
-    inner = f"SELECT seq, pos, listed_status, {select}, {reason} AS _reason FROM ({source_relation}) AS src"
+    extracted = f"SELECT *, {paths.select_list()} FROM ({source_relation}) AS src"
+    inner = f"SELECT seq, pos, listed_status, {select}, {reason} AS _reason FROM ({extracted}) AS x"
     return f"SELECT *, {spec.entity_id_sql()} AS entity_id FROM ({inner}) AS typed"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from pipelines import progress as terminal_progress
 from pipelines.resources import NotConfigured
 from pipelines.sync import SyncReport
 
@@ -28,6 +29,7 @@ class ProgressLog:
         self._last = time.monotonic()
 
     def __call__(self, stream: str, records: int) -> None:
+        terminal_progress.report(stream, records)
         self.counts[stream] = self.counts.get(stream, 0) + records
         self.pages += 1
         now = time.monotonic()
@@ -53,6 +55,7 @@ def materialize(
         report = sync(progress)
     except NotConfigured as exc:
         context.log.warning(f"{exc}. Skipping: nothing was fetched or written.")
+        terminal_progress.done(f"{context.asset_key.to_user_string()}: not configured ({', '.join(exc.missing)} unset)")
         return dg.MaterializeResult(
             metadata={"configured": False, "missing_variables": ", ".join(exc.missing)}
         )
@@ -60,8 +63,12 @@ def materialize(
         context.log.info(progress.summary())
     for warning in report.warnings:
         context.log.warning(warning)
-    context.log.info(
-        f"{report.stream}: {report.mode} sync, {report.requests} requests, "
-        f"{report.retries} retries, {report.seconds:.1f}s"
-    )
+    summary = f"{report.stream}: {report.mode} sync, {report.requests} requests, {report.retries} retries, {report.seconds:.1f}s"
+    if report.result is not None:
+        t = report.result.primary
+        summary += f"; {t.received} records: {t.inserted} new, {t.updated} changed, {t.unchanged} unchanged"
+        if t.quarantined:
+            summary += f", {t.quarantined} quarantined"
+    context.log.info(summary)
+    terminal_progress.done(summary)
     return dg.MaterializeResult(metadata={"configured": True, **report.metadata()})
