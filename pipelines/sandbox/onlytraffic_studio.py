@@ -15,7 +15,7 @@ is listed; money is in USD units.
 from __future__ import annotations
 
 import math
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from pipelines.sandbox.orderbook import Order, OrderBook
 from pipelines.sandbox.server import Sandbox, json_response
-from pipelines.sandbox.world import epoch, iso
+from pipelines.sandbox.world import epoch
 
 API_KEY = "sandbox-studio-key-7c21"
 DEFAULT_PAGE_SIZE = 50
@@ -143,17 +143,24 @@ class SwapBook(OrderBook):
             "is_order_mine": not o.extra["offer_mine"],
             "offer_side": self._render_side(o, "offer"),
             "order_side": self._render_side(o, "order"),
-            "created_at": iso(o.created.astimezone(UTC)).replace("+00:00", "Z"),
+            "created_at": _iso_z(o.created),
             "created_at_ts": epoch(o.created),
-            "started_at": iso(o.accepted.astimezone(UTC)).replace("+00:00", "Z") if o.accepted else None,
+            "started_at": _iso_z(o.accepted),
             "started_at_ts": epoch(o.accepted),
-            "completed_at": iso(completed.astimezone(UTC)).replace("+00:00", "Z") if completed else None,
+            "completed_at": _iso_z(completed),
             "completed_at_ts": epoch(completed),
         }
 
     def status_of(self, order_id: str) -> str:
         """The truth the API never sends (tests compare it with the status taken from filters)."""
         return self.by_id[order_id].status
+
+
+def _iso_z(ts: datetime | None) -> str | None:
+    """As in the docs' example: whole seconds, UTC, ``Z`` suffix."""
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def error_body(code: str, message: str) -> dict:
@@ -166,8 +173,13 @@ class StudioApi:
     name = "onlytraffic_studio"
     prefix = "/studio"
 
+    # Test knobs for a misbehaving API (off by default): "ignore_page" serves page 1 whatever is
+    # asked; "has_next_always" claims one more page than there is, forever.
+    PAGINATION_QUIRKS = ("ignore_page", "has_next_always")
+
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self.pagination_quirk: str | None = None
         self.book = SwapBook(sandbox.world)
         sandbox.world.datasets["studio_swap"] = self.book
         self._cache: dict[tuple, list[Order]] = {}
@@ -196,6 +208,8 @@ class StudioApi:
         except ValueError as exc:
             return json_response(error_body("validation_error", str(exc)), 422)
         page, size = query.pop("page"), query.pop("page_size")
+        if self.pagination_quirk == "ignore_page":
+            page = 1
         with self.sandbox.world.lock:
             orders = self._select(query)
             total = len(orders)
@@ -203,6 +217,8 @@ class StudioApi:
             data = [self.book.render(o) for o in chosen]
         self.sandbox.stats.served(ROUTE, query["status"] or "all", len(data))
         total_pages = math.ceil(total / size)
+        if self.pagination_quirk == "has_next_always":
+            total_pages = max(total_pages, page + 1)
         return json_response(
             {
                 "success": True,

@@ -93,6 +93,7 @@ class _WalkState:
     first_total: int | None = None
     records: int = 0
     warned_total: bool = False
+    degraded: bool = False  # pages repeated or came back empty: the list may not be whole
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def observe(self, page: _Fetched) -> None:
@@ -207,6 +208,7 @@ class PageStatusListing:
         state.observe(first)
         if self._is_last(first):
             if first.has_next is False and first.total_pages not in (None, 0, 1):
+                state.degraded = True
                 state.warn(f"has_next false on page 1 of {first.total_pages}; stopped there")
             return self._finish(state, complete=True)
 
@@ -217,12 +219,18 @@ class PageStatusListing:
         if planned and planned > 1:
             pages = self._fetch_concurrently(params, range(2, planned + 1), emit, status, state)
             seen: dict[frozenset, int] = {first.keys: 1} if first.keys else {}
+            empty = [p.number for p in pages if p.records == 0 and p.number < planned]
+            repeated = []
             for page in pages:
-                if page.records == 0 and page.number < planned:
-                    state.warn(f"page {page.number} of {planned} was empty")
                 if page.keys and page.keys in seen:
-                    state.warn(f"page {page.number} repeated page {seen[page.keys]}")
+                    repeated.append(f"{page.number}={seen[page.keys]}")
                 seen.setdefault(page.keys, page.number)
+            if empty:
+                state.degraded = True
+                state.warn(f"{len(empty)} page(s) of {planned} came back empty (e.g. page {empty[0]})")
+            if repeated:
+                state.degraded = True
+                state.warn(f"{len(repeated)} page(s) repeated an earlier page (e.g. page {repeated[0]})")
             last = pages[-1]
             if self._is_last(last):
                 return self._finish(state, complete=True)
@@ -237,6 +245,7 @@ class PageStatusListing:
             state.observe(page)
             if page.keys and page.keys == previous_keys:
                 repeats += 1
+                state.degraded = True
                 state.warn(f"page {number} repeated the previous page")
                 if repeats >= 3:
                     state.warn(f"pagination stuck at page {number}; list not complete")
@@ -246,6 +255,7 @@ class PageStatusListing:
             previous_keys = page.keys
             if self._is_last(page):
                 if page.records == 0 and page.total_pages is not None and number <= page.total_pages:
+                    state.degraded = True
                     state.warn(f"page {number} of {page.total_pages} was empty; stopped there")
                 return self._finish(state, complete=True)
         state.warn(f"stopped after {cap} pages; list not complete")
@@ -282,7 +292,7 @@ class PageStatusListing:
         return [r for r in results if r is not None]
 
     def _finish(self, state: _WalkState, *, complete: bool) -> WalkOutcome:
-        state.outcome.complete = complete
+        state.outcome.complete = complete and not state.degraded
         total = state.first_total
         if complete and total is not None and not state.warned_total and state.records != total:
             state.warn(f"served {state.records} record(s) but announced a total of {total}")
