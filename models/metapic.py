@@ -1,1 +1,70 @@
-"""Metapic tables (offers, participants, participant daily stats)."""
+"""Metapic tables (offers, participants, participant daily stats).
+
+Money is in currency units (``cpc`` converted from the API's minor units), never minor units.
+No e-mail address is stored anywhere: a participant known only by e-mail is keyed by a hash of it
+(see :mod:`pipelines.sources.metapic`).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from models.columns import big, entity_columns, metadata, money, text, tstz
+
+# One row per campaign (``GET /v2/offers``), every status.
+metapic_offers = sa.Table(
+    "metapic_offers",
+    metadata,
+    big("offer_id", primary_key=True),
+    text("campaign_title"),
+    big("store_id"),
+    text("store_name"),
+    text("currency"),
+    text("type"),
+    text("token"),
+    sa.Column("has_product_seeding", sa.Boolean),
+    sa.Column("has_onetime_payment", sa.Boolean),
+    money("cpc"),  # per click, currency units, of the "General" traffic source
+    sa.Column("cpa", sa.Numeric(18, 6)),  # as the API gives it (a commission rate, e.g. 0.04)
+    tstz("valid_from"),  # when the API sends it (undocumented in responses)
+    tstz("valid_until"),
+    # Set by the participants sync, in its own transaction, once it has read the participants of
+    # this offer after the offer became terminal (ended/deleted): they are not read again.
+    tstz("participants_final_read_at"),
+    *entity_columns(),
+)
+
+# One row per participant of a campaign. ``participant_key`` is ``id:<id>``, else ``user:<user_id>``,
+# else ``pre:<pre_registered_identifier>``, else ``email:<sha256 of the lower-cased e-mail>``.
+metapic_participants = sa.Table(
+    "metapic_participants",
+    metadata,
+    big("offer_id", primary_key=True),
+    text("participant_key", primary_key=True),
+    big("participant_id"),
+    big("user_id"),
+    text("display_name"),  # NULL when the API's display name is an e-mail address
+    text("pre_registered_identifier"),
+    big("clicks"),
+    money("payment_amount"),
+    *entity_columns(),
+)
+
+# One row per participant, campaign and day (``participants-stats`` with start_date = end_date).
+# ``source_status``/``status`` are the participant's status as the API reported it when the day
+# was fetched; the table has no status history of its own.
+metapic_participant_daily_stats = sa.Table(
+    "metapic_participant_daily_stats",
+    metadata,
+    big("offer_id", primary_key=True),
+    text("participant_key", primary_key=True),
+    sa.Column("date", sa.Date, primary_key=True),
+    big("participant_id"),
+    big("user_id"),
+    text("display_name"),
+    big("clicks"),
+    big("links_created"),
+    money("estimated_gp"),
+    sa.Column("estimated_earning_to_cost_ratio", sa.Numeric(18, 6)),
+    *entity_columns(),
+)

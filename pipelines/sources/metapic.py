@@ -1,0 +1,594 @@
+"""Metapic API v2: campaigns (offers), their participants, and participants' daily statistics.
+
+Docs: ``shared/api-docs/metapic-api-v2.md``. What matters for correctness:
+
+- ``GET /v2/offers`` requires ``created_by`` (``METAPIC_USER_ID``; Laravel 422 without it) and lists
+  only *active* offers unless ``statuses[]`` is given, so every status is listed explicitly.
+  ``include[]=trafficSourcesCosts&include[]=store`` brings ``store_name``, ``currency`` and the
+  costs into the list: no per-offer detail request. ``size`` is at most 100.
+- Lists are Laravel pages (``data``, ``links``, ``meta.current_page/last_page/total``);
+  :func:`walk_pages` follows ``meta.last_page`` whatever page size the server really uses.
+- Errors: 401 ``{"message": "Unauthenticated."}`` (the client raises :class:`AuthError`), 422
+  ``{"message", "errors"}``, and a 200 body with a ``message`` but no ``data`` is an error
+  (:func:`metapic_envelope`), never an empty page.
+- ``traffic_sources_costs[].cpc`` is in minor units (the docs: ``cpc: 1`` = ``cpc_v2.amount "0.01"``):
+  ``cpc_v2.amount`` is used when present, else ``cpc / 100``.
+- Participants can have no ``id`` (every docs example has ``"id": null``): they are keyed by
+  :data:`PARTICIPANT_KEY_SQL`. E-mail addresses (``pre_registered_email``, a ``display_name`` or
+  identifier that is an address, any top-level field named like ``*email*``) are removed from
+  ``raw``; a participant known only by e-mail is keyed by the SHA-256 of the lower-cased address.
+- The API allows 300 requests per window (``x-ratelimit-*``): the client's rate limiter is shared
+  by every client of the process (:func:`shared_rate_limiter`).
+
+Assumptions where the docs are silent (the README lists them):
+
+- ``cpa`` is stored as given (it looks like a commission rate: 0.04 next to a 0.01 CPC).
+- The offer's ``cpc``/``cpa`` are those of the "General" traffic source (``source`` 0), else of
+  the first one listed.
+- With ``include[]=store`` the list carries the detail's flat ``store_name``/``currency`` (a nested
+  ``store`` object is read too).
+- ``valid_from``/``valid_until`` (not in the documented responses) are read when present, as UTC.
+- A participant without ``id``/``user_id`` shows its pre-registered identifier (or e-mail) as
+  ``display_name`` in participants-stats, which carries no ``pre_registered_*`` fields; so the key
+  falls back to ``display_name`` with the same prefixes. A participant with none of these is
+  quarantined (no stable key exists).
+- Omitting ``active`` on participants-stats returns every participant; days are UTC days.
+- A 200 body with only a ``message`` is transient (e.g. "Too Many Attempts."): retried, bounded.
+- A campaign's participants no longer change once it has ended or been deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from models.status import status_case_sql
+from pipelines.fetch import Emit, run_producers
+from pipelines.http import ApiClient, ApiError, AuthError, RateLimiter
+from pipelines.loader import LoadResult, Page, StreamLoad, TableResult
+from pipelines.staging import Field, TableSpec
+from pipelines.sync import SyncReport
+from pipelines.warehouse import Warehouse
+
+OFFERS_PATH = "/v2/offers"
+OFFER_STATUSES = ("scheduled", "active", "paused", "ended", "deleted")
+TERMINAL_OFFER_STATUSES = ("ended", "deleted")
+OFFER_INCLUDES = ("trafficSourcesCosts", "store")
+MAX_PAGE_SIZE = 100
+MAX_PAGES = 10_000  # a list that never ends is a server bug, not data
+
+LogFn = Callable[[str], None]
+
+# -- envelope --------------------------------------------------------------------------------------
+
+
+def metapic_envelope(data: Any, http_status: int) -> None:
+    """Raise for an error reported in a (2xx) Laravel body; accept only an object with ``data``."""
+    if not isinstance(data, dict):
+        raise ApiError(f"expected a JSON object, got {type(data).__name__}", retryable=True)
+    if "data" in data:
+        return
+    message = str(data.get("message") or "").strip()
+    errors = data.get("errors")
+    if isinstance(errors, dict) and errors:
+        fields = ", ".join(sorted(str(k) for k in errors)[:10])
+        raise ApiError(f"validation failed on {fields}: {message[:200]}", status_code=422)
+    if message == "Unauthenticated.":
+        raise AuthError(f"HTTP {http_status} body says {message!r}", status_code=401)
+    if message:
+        raise ApiError(f"error in HTTP {http_status} body: {message[:200]}", retryable=True)
+    raise ApiError(f"HTTP {http_status} body has neither 'data' nor 'message'", retryable=True)
+
+
+# -- Laravel pages -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ListWalk:
+    """What one walk of a paginated list saw."""
+
+    label: str
+    records: int = 0
+    pages: int = 0
+    total: int | None = None
+    complete: bool = False  # every page read and at least ``meta.total`` records received
+    not_found: bool = False  # HTTP 404: the list's parent (an offer) no longer exists
+    warnings: list[str] = field(default_factory=list)
+
+
+def walk_pages(
+    client: ApiClient,
+    path: str,
+    params: dict[str, Any],
+    emit: Emit[Page],
+    *,
+    label: str,
+    size: int,
+    allow_not_found: bool = False,
+) -> ListWalk:
+    """Emit every page of a Laravel-paginated list, following ``meta.last_page``."""
+    walk = ListWalk(label)
+    page = 1
+    while True:
+        try:
+            response = client.get(path, params={**params, "size": size, "page": page})
+        except ApiError as err:
+            if allow_not_found and err.status_code == 404 and not isinstance(err, AuthError):
+                walk.not_found = True
+                walk.warnings.append(f"{label}: HTTP 404, kept as last seen")
+                return walk
+            raise
+        body = response.data
+        records = body["data"]
+        if not isinstance(records, list):
+            raise ApiError(f"{label}: 'data' is a {type(records).__name__}, not a list")
+        meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+        links = body.get("links") if isinstance(body.get("links"), dict) else {}
+        emit(Page(response.content, len(records), label=label))
+        walk.records += len(records)
+        walk.pages += 1
+        total, last_page, current = (_int(meta.get(k)) for k in ("total", "last_page", "current_page"))
+        if total is not None:
+            walk.total = total
+        if current is not None and current != page:
+            walk.warnings.append(f"{label}: asked for page {page}, got page {current}; list not complete")
+            return walk
+        if last_page is not None:
+            more = page < last_page
+        else:  # no meta: trust links.next, else this was the only page
+            more = bool(links.get("next"))
+        if more and not records:
+            walk.warnings.append(f"{label}: page {page} is empty before the last page; list not complete")
+            return walk
+        if not more:
+            walk.complete = walk.total is None or walk.records >= walk.total
+            if not walk.complete:
+                walk.warnings.append(f"{label}: received {walk.records} of {walk.total} records")
+            return walk
+        if page >= MAX_PAGES:
+            walk.warnings.append(f"{label}: stopped after {MAX_PAGES} pages; list not complete")
+            return walk
+        page += 1
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# -- rate limit ------------------------------------------------------------------------------------
+
+_LIMITERS: dict[tuple, RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_rate_limiter(base_url: str, user: str | None, max_calls: int, period: float) -> RateLimiter:
+    """One limiter per API account and process: the assets of a run (each with its own client)
+    draw from the same 300-per-window budget instead of each assuming it has all of it."""
+    key = (base_url.rstrip("/"), user, max_calls, period)
+    with _LIMITERS_LOCK:
+        if key not in _LIMITERS:
+            _LIMITERS[key] = RateLimiter(max_calls, period)
+        return _LIMITERS[key]
+
+
+# -- SQL over staged records -----------------------------------------------------------------------
+
+_EMAIL = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+
+
+def _s(path: str, rec: str = "rec") -> str:
+    return f"nullif(trim(json_extract_string({rec}, '{path}')), '')"
+
+
+def _is_email(expr: str) -> str:
+    return f"regexp_matches({expr}, '{_EMAIL}')"
+
+
+def _email_key(expr: str) -> str:
+    return f"'email:' || sha256(lower(trim({expr})))"
+
+
+def _pre_key(expr: str) -> str:
+    return f"CASE WHEN {_is_email(expr)} THEN {_email_key(expr)} ELSE 'pre:' || {expr} END"
+
+
+# The participant's key, over the record as the API sent it (before scrubbing).
+PARTICIPANT_KEY_SQL = f"""CASE
+    WHEN {_s('$.id')} IS NOT NULL THEN 'id:' || {_s('$.id')}
+    WHEN {_s('$.user_id')} IS NOT NULL THEN 'user:' || {_s('$.user_id')}
+    WHEN {_s('$.pre_registered_identifier')} IS NOT NULL THEN {_pre_key(_s('$.pre_registered_identifier'))}
+    WHEN {_s('$.pre_registered_email')} IS NOT NULL THEN {_email_key(_s('$.pre_registered_email'))}
+    WHEN {_s('$.display_name')} IS NOT NULL THEN {_pre_key(_s('$.display_name'))}
+END"""
+
+# The record without e-mail addresses: every top-level field named like *email* is dropped, and
+# display_name / pre_registered_identifier are dropped when they hold an address.
+SCRUBBED_REC_SQL = f"""json_merge_patch(json_merge_patch(json_merge_patch(rec,
+    coalesce(to_json(map_from_entries(list_transform(
+        list_filter(json_keys(rec), lambda k: k ILIKE '%mail%'),
+        lambda k: {{'k': k, 'v': NULL::JSON}}))), '{{}}')),
+    CASE WHEN {_is_email(_s('$.display_name'))} THEN '{{"display_name": null}}' ELSE '{{}}' END),
+    CASE WHEN {_is_email(_s('$.pre_registered_identifier'))} THEN '{{"pre_registered_identifier": null}}' ELSE '{{}}' END)"""
+
+
+def _keyed_records_sql(extra: str = "") -> str:
+    """Participant-like records: scrubbed, keyed, with the offer id (and day) from the page label."""
+    return f"""
+        SELECT seq, pos, listed_status, {SCRUBBED_REC_SQL} AS rec,
+               TRY_CAST(split_part(label, ':', 2) AS BIGINT) AS label_offer_id,
+               {PARTICIPANT_KEY_SQL} AS participant_key {extra}
+        FROM recs WHERE ({PARTICIPANT_KEY_SQL}) IS NOT NULL"""
+
+
+def quarantine_keyless(con: duckdb.DuckDBPyConnection, now: datetime, table: str, run_id: str) -> int:
+    """Staged records with nothing to key them by go to ``quarantine`` (scrubbed), not the table."""
+    keyless = f"""
+        SELECT DISTINCT ON (row_hash) md5(CAST(rec AS VARCHAR)) AS row_hash, rec AS raw,
+               split_part(label, ':', 2) AS entity_id
+        FROM (SELECT {SCRUBBED_REC_SQL} AS rec, label FROM recs WHERE ({PARTICIPANT_KEY_SQL}) IS NULL)"""
+    count = con.execute(f"SELECT count(*) FROM ({keyless})").fetchone()[0]
+    if count:
+        con.execute(
+            f"""
+            MERGE INTO wh.main.quarantine AS q
+            USING ({keyless}) AS s ON q.stream = $table AND q.row_hash = s.row_hash
+            WHEN MATCHED THEN UPDATE SET last_seen_at = $now, run_id = $run
+            WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
+                VALUES ($table, s.row_hash, 'offer ' || s.entity_id, $reason, s.raw, $now, $now, $run)
+            """,
+            {
+                "table": table,
+                "now": now,
+                "run": run_id,
+                "reason": "participant has no id, user_id, pre_registered_identifier, "
+                "pre_registered_email or display_name to key it by",
+            },
+        )
+    return count
+
+
+def _general_cost(key: str) -> str:
+    """A field of the offer's "General" traffic source (source 0), else of the first one."""
+    costs = "json_extract(rec, '$.traffic_sources_costs[*]')"
+    general = f"coalesce(list_filter({costs}, lambda c: json_extract_string(c, '$.source') = '0')[1], {costs}[1])"
+    return f"json_extract_string({general}, '{key}')"
+
+
+def _decimal(expr: str) -> str:
+    return f"TRY_CAST({expr} AS DECIMAL(18,6))"
+
+
+OFFER_CPC_SQL = f"coalesce({_decimal(_general_cost('$.cpc_v2.amount'))}, {_decimal(_general_cost('$.cpc'))} / 100)"
+
+# -- table specs -----------------------------------------------------------------------------------
+
+OFFERS = TableSpec(
+    table="metapic_offers",
+    source="metapic_offer",
+    key=("offer_id",),
+    created_field=None,
+    fields=(
+        Field("offer_id", "$.id", "integer", required=True),
+        Field("campaign_title", "$.campaign_title", "string"),
+        Field("store_id", "$.store_id", "integer"),
+        Field("store_name", sql=f"coalesce({_s('$.store_name')}, {_s('$.store.name')})"),
+        Field(
+            "currency",
+            sql=f"coalesce({_s('$.currency')}, {_s('$.store.currency')}, "
+            f"{_general_cost('$.cpc_v2.currency')}, {_general_cost('$.currency')})",
+        ),
+        Field("type", "$.type", "string"),
+        Field("token", "$.token", "string"),
+        Field("has_product_seeding", "$.has_product_seeding", "boolean"),
+        Field("has_onetime_payment", "$.has_onetime_payment", "boolean"),
+        Field("cpc", sql=OFFER_CPC_SQL),
+        Field("cpa", sql=_decimal(_general_cost("$.cpa"))),
+        Field("valid_from", "$.valid_from", "timestamp"),
+        Field("valid_until", "$.valid_until", "timestamp"),
+    ),
+)
+
+PARTICIPANTS = TableSpec(
+    table="metapic_participants",
+    source="metapic_participant",
+    key=("offer_id", "participant_key"),
+    created_field=None,
+    records_sql=_keyed_records_sql(),
+    fields=(
+        Field("offer_id", sql="label_offer_id"),  # the offer whose list it came from
+        Field("participant_key", sql="participant_key"),
+        Field("participant_id", "$.id", "integer"),
+        Field("user_id", "$.user_id", "integer"),
+        Field("display_name", "$.display_name", "string"),
+        Field("pre_registered_identifier", "$.pre_registered_identifier", "string"),
+        Field("clicks", "$.clicks", "integer"),
+        Field("payment_amount", "$.payment_amount", "decimal_text"),
+    ),
+)
+
+_PARTICIPANT_STATUS = "json_extract_string(rec, '$.status')"
+
+DAILY_STATS = TableSpec(
+    table="metapic_participant_daily_stats",
+    source=None,  # no history: the participant's status is kept as columns only
+    key=("offer_id", "participant_key", "date"),
+    created_field=None,
+    records_sql=_keyed_records_sql(", TRY_CAST(split_part(label, ':', 3) AS DATE) AS label_date"),
+    fields=(
+        Field("offer_id", sql="label_offer_id"),
+        Field("participant_key", sql="participant_key"),
+        Field("date", sql="label_date"),
+        Field("participant_id", "$.id", "integer"),
+        Field("user_id", "$.user_id", "integer"),
+        Field("display_name", "$.display_name", "string"),
+        Field("clicks", "$.clicks", "integer"),
+        Field("links_created", "$.links_created", "integer"),
+        Field("estimated_gp", "$.estimated_gp", "decimal_text"),
+        Field("estimated_earning_to_cost_ratio", "$.estimated_earning_to_cost_ratio", "decimal_text"),
+        Field("source_status", sql=_PARTICIPANT_STATUS),
+        Field("status", sql=f"CAST({status_case_sql('metapic_participant', _PARTICIPANT_STATUS)} AS VARCHAR)"),
+    ),
+)
+
+OFFERS_BUSINESS_SQL = """
+SELECT count(*) AS offers,
+       count(*) FILTER (WHERE status = 'active') AS live_offers,
+       count(*) FILTER (WHERE status IN ('pending', 'paused')) AS upcoming_or_paused_offers,
+       count(*) FILTER (WHERE status IS NULL) AS offers_with_unknown_status
+FROM {wh}.metapic_offers
+"""
+
+PARTICIPANTS_BUSINESS_SQL = """
+SELECT count(*) AS participants,
+       count(*) FILTER (WHERE p.status = 'active') AS participants_active,
+       sum(p.clicks) AS participant_clicks,
+       sum(p.clicks) FILTER (WHERE o.status = 'active') AS participant_clicks_live_offers,
+       count(*) FILTER (WHERE p.payment_amount > 0) AS participants_paid,
+       count(DISTINCT o.currency) FILTER (WHERE p.payment_amount > 0) AS payment_currencies
+FROM {wh}.metapic_participants AS p LEFT JOIN {wh}.metapic_offers AS o USING (offer_id)
+"""
+
+# -- syncs -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fetcher:
+    """What every Metapic sync needs besides the warehouse."""
+
+    client: ApiClient
+    user_id: str
+    page_size: int = MAX_PAGE_SIZE
+    max_workers: int = 4
+    log: LogFn = lambda _m: None
+    on_progress: Callable[[str, int], None] | None = None
+
+    @property
+    def size(self) -> int:
+        return max(1, min(self.page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE))
+
+    def progress(self, label: str, records: int) -> None:
+        """Progress per list kind (``participants``), not per offer."""
+        if self.on_progress:
+            self.on_progress(label.split(":", 1)[0], records)
+
+
+def _report(stream: str, mode: str, result: LoadResult | None, client: ApiClient, started: float, warnings: list[str]) -> SyncReport:
+    return SyncReport(
+        stream=stream,
+        mode=mode,
+        result=result,
+        requests=client.stats.requests,
+        retries=client.stats.retries,
+        seconds=time.monotonic() - started,
+        warnings=warnings,
+    )
+
+
+def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncReport:
+    """Read the whole campaign list (every status) and merge it: the list is small."""
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    client = fetcher.client
+    params = {
+        "created_by": fetcher.user_id,
+        "statuses[]": list(OFFER_STATUSES),
+        "include[]": list(OFFER_INCLUDES),
+        "sort_by": "id:asc",  # stable pages: new offers arrive at the end
+    }
+    with StreamLoad(warehouse, OFFERS.table, [OFFERS], run_id=run_id, on_progress=fetcher.progress) as load:
+        load.read_state({"prior_offers": "SELECT offer_id FROM wh.main.metapic_offers"})
+        walk = walk_pages(client, OFFERS_PATH, params, load.add, label="offers", size=fetcher.size)
+        warnings = list(walk.warnings)
+        missing = load.query(
+            "SELECT count(*) FROM prior_offers WHERE offer_id NOT IN "
+            "(SELECT TRY_CAST(json_extract_string(rec, '$.id') AS BIGINT) FROM recs)"
+        )[0][0]
+        if missing and walk.complete:
+            warnings.append(f"metapic_offers: {missing} offer(s) no longer listed under any status; kept as last seen")
+        result = load.commit(
+            cursor={"offers_listed": walk.records},
+            mode="full",
+            started_at=started_at,
+            requests=client.stats.requests,
+            retries=client.stats.retries,
+            warnings=warnings,
+            full_walk=walk.complete,
+            business_sql=OFFERS_BUSINESS_SQL,
+        )
+    return _report(OFFERS.table, "full", result, client, started, warnings)
+
+
+def participants_path(offer_id: int) -> str:
+    return f"{OFFERS_PATH}/{offer_id}/participants"
+
+
+def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, full_refresh: bool = False) -> SyncReport:
+    """Read the participants of every offer that can still change, and once more of every offer
+    that became terminal since its participants were last read; concurrently, one list per offer.
+
+    The "read once more" mark (``metapic_offers.participants_final_read_at``) is written in the
+    same transaction as those participants, and only when the list was read completely.
+    """
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    client = fetcher.client
+    terminal = ", ".join(f"'{s}'" for s in TERMINAL_OFFER_STATUSES)
+    with StreamLoad(warehouse, PARTICIPANTS.table, [PARTICIPANTS], run_id=run_id, on_progress=fetcher.progress) as load:
+        load.read_state(
+            {
+                "offers": "SELECT offer_id, coalesce(source_status IN ("
+                + terminal
+                + "), false) AS terminal, participants_final_read_at IS NOT NULL AS final_read "
+                "FROM wh.main.metapic_offers"
+            }
+        )
+        chosen = load.query(
+            "SELECT offer_id, terminal FROM offers WHERE ? OR NOT terminal OR NOT final_read ORDER BY offer_id",
+            [full_refresh],
+        )
+        if not chosen:
+            fetcher.log("metapic_participants: no offers in the warehouse to read participants of")
+        fetcher.log(
+            f"metapic_participants: reading {len(chosen)} offer(s), "
+            f"{sum(1 for _, t in chosen if t)} of them terminal (final read)"
+        )
+
+        def reader(offer_id: int):
+            def produce(emit: Emit[Page]) -> ListWalk:
+                return walk_pages(
+                    client, participants_path(offer_id), {}, emit,
+                    label=f"participants:{offer_id}", size=fetcher.size, allow_not_found=True,
+                )
+
+            return produce
+
+        walks = run_producers([reader(o) for o, _ in chosen], load.add, max_workers=fetcher.max_workers)
+        warnings = [w for walk in walks for w in walk.warnings]  # type: ignore[union-attr]
+        final = [
+            offer_id
+            for (offer_id, is_terminal), walk in zip(chosen, walks, strict=True)
+            if is_terminal and (walk.complete or walk.not_found)  # type: ignore[union-attr]
+        ]
+
+        def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+            quarantine_keyless(con, now, PARTICIPANTS.table, run_id)
+            if final:
+                con.execute(
+                    "UPDATE wh.main.metapic_offers SET participants_final_read_at = $now "
+                    "WHERE list_contains($ids, offer_id)",
+                    {"now": now, "ids": final},
+                )
+
+        mode = "full" if full_refresh else "incremental"
+        result = load.commit(
+            cursor={"offers_read": len(chosen), "final_reads": len(final)},
+            mode=mode,
+            started_at=started_at,
+            requests=client.stats.requests,
+            retries=client.stats.retries,
+            warnings=warnings,
+            full_walk=full_refresh,
+            business_sql=PARTICIPANTS_BUSINESS_SQL,
+            after_merge=after_merge,
+        )
+    return _report(PARTICIPANTS.table, mode, result, client, started, warnings)
+
+
+def live_offers_sql(day: date) -> str:
+    """Offers that may have statistics on ``day``: within their validity dates (when known) and
+    not already observed ended/deleted before the day began."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    end = start + timedelta(days=1)
+    return f"""
+        SELECT o.offer_id FROM wh.main.metapic_offers AS o
+        WHERE (o.valid_from IS NULL OR o.valid_from < TIMESTAMPTZ '{end.isoformat()}')
+          AND (o.valid_until IS NULL OR o.valid_until >= TIMESTAMPTZ '{start.isoformat()}')
+          AND NOT EXISTS (
+              SELECT 1 FROM wh.main.status_history AS h
+              WHERE h.source = 'metapic_offer' AND h.entity_id = CAST(o.offer_id AS VARCHAR)
+                AND h.valid_to IS NULL AND h.source_status IN ('ended', 'deleted')
+                AND h.valid_from < TIMESTAMPTZ '{start.isoformat()}')
+        ORDER BY o.offer_id"""
+
+
+def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day: date) -> SyncReport:
+    """One day of participants-stats (``start_date = end_date = day``, one list per live offer),
+    as its own stream ``metapic_participant_daily_stats:<day>``.
+
+    Re-running a day replaces that day's rows of every offer read completely: unchanged rows stay
+    as they are, rows the API no longer returns for the day are deleted.
+    """
+    started, started_at = time.monotonic(), datetime.now(UTC)
+    client = fetcher.client
+    stream = f"{DAILY_STATS.table}:{day.isoformat()}"
+    requests_before, retries_before = client.stats.requests, client.stats.retries
+    with StreamLoad(warehouse, stream, [DAILY_STATS], run_id=run_id, on_progress=fetcher.progress) as load:
+        load.read_state({"live_offers": live_offers_sql(day)})
+        offer_ids = [r[0] for r in load.query("SELECT offer_id FROM live_offers")]
+        params = {"start_date": day.isoformat(), "end_date": day.isoformat()}
+
+        def reader(offer_id: int):
+            def produce(emit: Emit[Page]) -> ListWalk:
+                return walk_pages(
+                    client, f"{OFFERS_PATH}/{offer_id}/participants-stats", params, emit,
+                    label=f"stats:{offer_id}:{day.isoformat()}", size=fetcher.size, allow_not_found=True,
+                )
+
+            return produce
+
+        walks = run_producers([reader(o) for o in offer_ids], load.add, max_workers=fetcher.max_workers)
+        warnings = [w for walk in walks for w in walk.warnings]  # type: ignore[union-attr]
+        complete = [o for o, walk in zip(offer_ids, walks, strict=True) if walk.complete]  # type: ignore[union-attr]
+
+        def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+            quarantine_keyless(con, now, DAILY_STATS.table, run_id)
+            con.execute(
+                f"""
+                DELETE FROM wh.main.{DAILY_STATS.table} AS t
+                WHERE t.date = $day AND list_contains($ids, t.offer_id)
+                  AND NOT EXISTS (SELECT 1 FROM cur_{DAILY_STATS.table} AS c
+                                  WHERE c.offer_id = t.offer_id AND c.participant_key = t.participant_key
+                                    AND c.date = t.date)
+                """,
+                {"day": day, "ids": complete},
+            )
+
+        result = load.commit(
+            cursor={"date": day.isoformat(), "offers_read": len(offer_ids), "complete": len(complete)},
+            mode="partition",
+            started_at=started_at,
+            requests=client.stats.requests - requests_before,
+            retries=client.stats.retries - retries_before,
+            warnings=warnings,
+            full_walk=len(complete) == len(offer_ids),
+            after_merge=after_merge,
+        )
+    report = _report(DAILY_STATS.table, "partition", result, client, started, warnings)
+    report.requests, report.retries = client.stats.requests - requests_before, client.stats.retries - retries_before
+    return report
+
+
+def combine_reports(stream: str, reports: list[SyncReport]) -> SyncReport:
+    """One report for several days of one table (a single-run backfill)."""
+    total = TableResult(stream)
+    for report in reports:
+        if report.result is None:
+            continue
+        for t in report.result.tables.values():
+            for name in ("received", "inserted", "updated", "unchanged", "quarantined", "status_changes"):
+                setattr(total, name, getattr(total, name) + getattr(t, name))
+    committed = max((r.result.committed_at for r in reports if r.result), default=datetime.now(UTC))
+    result = LoadResult(stream, committed, {stream: total}, {"days": float(len(reports))})
+    return SyncReport(
+        stream=stream,
+        mode="partition" if len(reports) == 1 else "partition range",
+        result=result,
+        requests=sum(r.requests for r in reports),
+        retries=sum(r.retries for r in reports),
+        seconds=sum(r.seconds for r in reports),
+        warnings=[w for r in reports for w in r.warnings],
+    )
