@@ -328,3 +328,24 @@ def test_lying_pagination_ends_the_walk_with_a_warning(swap_world, quirk, warnin
     assert warning in warnings
     pages = len(swap_requests(world))
     assert pages <= 2 * (len(truth(world)) / PAGE_SIZE + 2 * len(STATUSES))
+
+
+@pytest.mark.parametrize("kind", ["503", "malformed", "drop"])
+def test_failure_mid_sync_leaves_tables_and_cursor_as_they_were(swap_world, kind):
+    world = swap_world
+    world.sync(assets=["swap_orders"])
+    tables = ("swap_orders", "swap_order_sides", "status_history", "sync_state", "sync_runs")
+    snapshot = {t: world.query(f"SELECT * FROM {t} ORDER BY ALL") for t in tables}
+
+    world.advance(days=2)
+    # the open lists are read fine, then every request for a terminal list fails
+    world.sandbox.set_faults(rate=1.0, kinds=[kind], only=["status=rejected"], retry_after=0)
+    result = world.sync(assets=["swap_orders"], raise_on_error=False)
+
+    assert not result.success
+    for table in tables:
+        assert world.query(f"SELECT * FROM {table} ORDER BY ALL") == snapshot[table], table
+
+    world.sandbox.set_faults(rate=0)
+    world.sync(assets=["swap_orders"])
+    assert_matches(world, truth(world))

@@ -58,6 +58,8 @@ def studio_envelope(data: Any, http_status: int) -> None:
             raise ApiError("success envelope without a 'data' list")
         return
     error = data.get("error")
+    if data.get("success") is not False and not error:
+        raise ApiError(f"unexpected envelope in HTTP {http_status} body: no success flag, no error")
     if isinstance(error, dict):
         code = str(error.get("code", "")).lower()
         message = str(error.get("message") or "no message")
@@ -67,8 +69,6 @@ def studio_envelope(data: Any, http_status: int) -> None:
     if code in _AUTH_CODES:
         raise AuthError(described, status_code=http_status)
     retryable = code in _RETRYABLE_CODES or http_status == 429 or http_status >= 500
-    if data.get("success") is not False and not error:
-        raise ApiError(f"unexpected envelope (no success flag) in HTTP {http_status} body")
     raise ApiError(described, status_code=http_status, retryable=retryable)
 
 
@@ -78,7 +78,7 @@ class _Fetched:
 
     number: int
     records: int
-    keys: frozenset
+    keys: int  # a hash of the page's keys (0 when empty): enough to spot a repeated page
     total: int | None
     total_pages: int | None
     has_next: bool | None
@@ -113,7 +113,7 @@ class _WalkState:
                 self.warned_total = True
                 self.warn(
                     f"total changed from {self.first_total} to {page.total} between pages "
-                    "(the list moved while it was read; the next run re-reads open orders)"
+                    "(the list moved while it was read)"
                 )
 
     def warn(self, message: str) -> None:
@@ -185,7 +185,7 @@ class PageStatusListing:
         return _Fetched(
             number=number,
             records=len(records),
-            keys=frozenset(r.get(self.key) for r in records if isinstance(r, dict)),
+            keys=hash(frozenset(r.get(self.key) for r in records if isinstance(r, dict))) if records else 0,
             total=_int_or_none(pagination.get("total")),
             total_pages=_int_or_none(pagination.get("total_pages")),
             has_next=pagination.get("has_next") if isinstance(pagination.get("has_next"), bool) else None,
@@ -218,7 +218,7 @@ class PageStatusListing:
         last = first
         if planned and planned > 1:
             pages = self._fetch_concurrently(params, range(2, planned + 1), emit, status, state)
-            seen: dict[frozenset, int] = {first.keys: 1} if first.keys else {}
+            seen: dict[int, int] = {first.keys: 1} if first.keys else {}
             empty = [p.number for p in pages if p.records == 0 and p.number < planned]
             repeated = []
             for page in pages:
