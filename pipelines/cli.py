@@ -143,6 +143,37 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit_lead(args: argparse.Namespace) -> int:
+    """Post one lead to cpa.moe add.json; record it (never its phone, e-mail, IP or name)."""
+    import dagster as dg
+
+    from pipelines.definitions import build_resources
+    from pipelines.http import ApiError
+    from pipelines.resources import NotConfigured
+    from pipelines.sources.cpamoe import CpamoeError, submit_lead
+
+    configured = build_resources()
+    try:
+        with dg.build_resources({k: configured[k] for k in ("cpamoe", "warehouse")}) as res:
+            lead = submit_lead(
+                res.cpamoe, res.warehouse.open(), lead_id=args.id, offer=args.offer, phone=args.phone,
+                ip=args.ip, name=args.name, email=args.email, country=args.country, wm=args.wm,
+            )
+    except NotConfigured as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except CpamoeError as exc:
+        print(f"cpa.moe refused the lead: {exc.code} ({exc.description})", file=sys.stderr)
+        return 1
+    except (ApiError, ValueError) as exc:
+        print(f"submit-lead failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"submitted lead {lead.lead_id} (cpa.moe id {lead.uid}, offer {lead.offer_id}); recorded in cpamoe_leads")
+    if lead.note:
+        print(f"note: {lead.note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     load_env_file()
     parser = argparse.ArgumentParser(prog="affwh", description="Affiliate-network warehouse")
@@ -171,6 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("--scale", default="small")
     sandbox.add_argument("--port", type=int, default=0)
     sandbox.set_defaults(func=cmd_sandbox)
+
+    submit = sub.add_parser("submit-lead", help="post a lead to cpa.moe (add.json) and register it")
+    submit.add_argument("--id", default="auto", help="our lead id, or auto (cpa.moe generates one)")
+    submit.add_argument("--offer", required=True)
+    submit.add_argument("--phone", required=True, help="digits only; sent to cpa.moe, never stored")
+    submit.add_argument("--ip", required=True, help="the customer's IP; sent, never stored")
+    submit.add_argument("--name")
+    submit.add_argument("--email")
+    submit.add_argument("--country", help="two-letter ISO code")
+    submit.add_argument("--wm", help="our affiliate / source id")
+    submit.set_defaults(func=cmd_submit_lead)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -7,6 +7,7 @@ import importlib
 MODULES = [
     ("pipelines.sandbox.onlytraffic_marketer", "MarketerApi"),
     ("pipelines.sandbox.metapic", "MetapicApi"),
+    ("pipelines.sandbox.cpamoe", "CpamoeApi"),
     ("pipelines.sandbox.onlytraffic_studio", "StudioApi"),
 ]
 
