@@ -10,8 +10,9 @@ import os
 
 import dagster as dg
 
-from pipelines.assets import cpamoe, metapic, onlytraffic
-from pipelines.assets.views import build_view_assets
+from pipelines.assets import cpamoe, marts, metapic, onlytraffic
+from pipelines.assets.views import SHARED_TABLES, build_view_assets
+from pipelines.checks import history_intervals_check, sql_check
 from pipelines.resources import (
     CpamoeResource,
     MetapicResource,
@@ -83,17 +84,71 @@ def full_refresh_run_config(assets: list[dg.AssetsDefinition] | None = None) -> 
     return {"ops": {a.op.name: {"config": {"full_refresh": True}} for a in chosen}}
 
 
+# status_history.source written by each ingestion asset (for the history interval checks)
+HISTORY_SOURCES = {
+    "cpc_orders": "cpc",
+    "cpl_orders": "cpl",
+    "swap_orders": "swap",
+    "cpamoe_leads": "cpamoe",
+    "metapic_offers": "metapic_offer",
+    "metapic_participants": "metapic_participant",
+}
+
+
+def _table_producers(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.AssetKey]]:
+    """Which assets write each table: a table is written by the asset(s) with its name, and the
+    shared tables (status_history, ...) by every ingestion asset."""
+    producers: dict[str, list[dg.AssetKey]] = {}
+    for a in assets:
+        for key in a.keys:
+            producers.setdefault(key.path[-1], []).append(key)
+    ingestion_keys = [k for a in INGESTION_ASSETS for k in a.keys]
+    for table in SHARED_TABLES:
+        producers[table] = ingestion_keys
+    return producers
+
+
+def _mart_checks(view_assets: list[dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
+    by_name = {a.key.to_user_string(): a for a in [*INGESTION_ASSETS, *view_assets]}
+    checks = [
+        history_intervals_check(by_name[name], source)
+        for name, source in HISTORY_SOURCES.items()
+        if name in by_name
+    ]
+    checks.append(
+        sql_check(
+            by_name["cpc_orders"],
+            "cpc_orders_total_earned_consistent",
+            "total_earned = min(clicks ordered, delivered) x price_per_click, within a cent.",
+            "SELECT order_id, printf('earned %s, expected %s', total_earned, "
+            "least(clicks_ordered, clicks_delivered) * price_per_click) FROM cpc_orders "
+            "WHERE abs(total_earned - least(clicks_ordered, clicks_delivered) * price_per_click) > 0.01",
+        )
+    )
+    checks.append(
+        sql_check(
+            by_name["v_fill_rate"],
+            "v_fill_rate_not_negative",
+            "No fill rate is negative.",
+            "SELECT source || ':' || order_id || coalesce(':' || side, ''), fill_rate "
+            "FROM v_fill_rate WHERE fill_rate < 0",
+        )
+    )
+    return checks
+
+
 def build_defs() -> dg.Definitions:
-    view_assets = build_view_assets()
+    feed_assets = [a for m in SOURCE_MODULES for a in m.ASSETS]
+    view_assets = build_view_assets(_table_producers([*feed_assets, *marts.ASSETS]))
     sync_all = dg.define_asset_job(
         "sync_all",
-        selection=dg.AssetSelection.assets(*INGESTION_ASSETS, *view_assets),
+        selection=dg.AssetSelection.assets(*INGESTION_ASSETS, *marts.ASSETS, *view_assets),
         description="Materialize every current-state ingestion asset, then the views.",
         executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
-        assets=[*(a for m in SOURCE_MODULES for a in m.ASSETS), *view_assets],
-        asset_checks=[c for m in SOURCE_MODULES for c in m.CHECKS],
+        assets=[*feed_assets, *marts.ASSETS, *view_assets],
+        asset_checks=[*(c for m in SOURCE_MODULES for c in m.CHECKS), *_mart_checks(view_assets)],
         jobs=[sync_all, *(j for m in SOURCE_MODULES for j in m.JOBS)],
         schedules=[s for m in SOURCE_MODULES for s in m.SCHEDULES],
         resources=build_resources(),

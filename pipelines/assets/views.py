@@ -38,13 +38,13 @@ def create_view(con, name: str) -> None:
     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS\n{view_sql(name)}')
 
 
-def _view_asset(name: str, upstream: list[str]) -> dg.AssetsDefinition:
+def _view_asset(name: str, upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
     description = (_strip_comments(view_sql(name)) and view_sql(name).splitlines()[0].lstrip("- ")) or name
 
     @dg.asset(
         name=name,
         group_name="views",
-        deps=[dg.AssetKey(u) for u in upstream],
+        deps=upstream,
         pool=WRITER_POOL,
         kinds={"duckdb", "sql"},
         description=description,
@@ -58,11 +58,21 @@ def _view_asset(name: str, upstream: list[str]) -> dg.AssetsDefinition:
     return _view
 
 
-def build_view_assets() -> list[dg.AssetsDefinition]:
-    tables = set(metadata.tables)
+SHARED_TABLES = {"status_history", "sync_state", "sync_runs", "quarantine"}
+
+
+def build_view_assets(producers: dict[str, list[dg.AssetKey]]) -> list[dg.AssetsDefinition]:
+    """One asset per ``sql/v_*.sql``; its upstream assets are the producers of the tables and
+    views its SQL names (``producers``: table name -> asset keys writing it; tables every feed
+    writes, like status_history, map to all ingestion assets)."""
     views = set(view_files())
     assets = []
-    for name in views:
-        upstream = referenced(view_sql(name), (tables | views) - {name})
-        assets.append(_view_asset(name, upstream))
-    return sorted(assets, key=lambda a: a.key.to_user_string())
+    for name in sorted(views):
+        upstream: set[dg.AssetKey] = set()
+        for ref in referenced(view_sql(name), (set(metadata.tables) | views) - {name}):
+            if ref in views:
+                upstream.add(dg.AssetKey(ref))
+            else:
+                upstream.update(producers.get(ref, []))
+        assets.append(_view_asset(name, sorted(upstream, key=lambda k: k.to_user_string())))
+    return assets

@@ -1,0 +1,33 @@
+"""Tables the marts need beyond the feeds: configured payouts and daily snapshots of totals."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from models.columns import big, metadata, money, text, tstz
+
+# Payout per cpa.moe offer, loaded from CPAMOE_PAYOUTS_FILE (CSV offer,amount,currency):
+# cpa.moe's list.json does not say what an approved lead pays.
+cpamoe_payouts = sa.Table(
+    "cpamoe_payouts",
+    metadata,
+    big("offer_id", primary_key=True),
+    money("amount", nullable=False),
+    text("currency", nullable=False),
+    text("source_file"),
+    tstz("loaded_at"),
+)
+
+# The last cumulative totals seen for each order on each UTC day, written only on days they
+# changed. The APIs report running totals; v_earnings_daily takes day-over-day differences.
+order_daily_snapshots = sa.Table(
+    "order_daily_snapshots",
+    metadata,
+    text("source", primary_key=True),
+    text("order_id", primary_key=True),
+    sa.Column("day", sa.Date, primary_key=True),
+    text("currency"),
+    money("earned"),
+    big("units_delivered"),
+    tstz("captured_at", nullable=False),
+)
