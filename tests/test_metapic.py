@@ -463,3 +463,19 @@ def test_daily_stats_range_backfills_in_one_run(mworld):
     assert got == {d: len(stats_truth(mworld, d)) for d in days}
     runs = mworld.query("SELECT DISTINCT run_id FROM sync_runs WHERE stream LIKE 'metapic_participant_daily_stats:%'")
     assert len(runs) == 1
+
+
+def test_daily_stats_skip_offers_already_deleted_or_ended_before_the_day(mworld):
+    mworld.sync(assets=["metapic_offers"])  # observes the deleted offers at the anchor (Jan 15, 12:00)
+    mworld.advance(days=2)
+    day = date(2026, 1, 16)
+    deleted = [o for o in campaigns(mworld).offers if o.deleted_at and o.deleted_at < mworld.sandbox.world.anchor]
+    assert deleted and all(o.id in live_on(mworld, day) for o in deleted), "valid dates alone would include them"
+    mworld.sandbox.stats.reset()
+
+    run_daily_stats(mworld, day.isoformat())
+
+    assert all(requests_for(mworld, o.id, "participants-stats") == 0 for o in deleted)
+    requested = {o.id for o in campaigns(mworld).offers if requests_for(mworld, o.id, "participants-stats")}
+    known = {o.id for o in campaigns(mworld).offers if o.created <= mworld.sandbox.world.anchor}
+    assert requested == (set(live_on(mworld, day)) & known) - {o.id for o in deleted}

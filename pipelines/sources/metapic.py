@@ -405,8 +405,8 @@ def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncR
         walk = walk_pages(client, OFFERS_PATH, params, load.add, label="offers", size=fetcher.size)
         warnings = list(walk.warnings)
         missing = load.query(
-            "SELECT count(*) FROM prior_offers WHERE offer_id NOT IN "
-            "(SELECT TRY_CAST(json_extract_string(rec, '$.id') AS BIGINT) FROM recs)"
+            "SELECT count(*) FROM prior_offers AS p WHERE NOT EXISTS (SELECT 1 FROM recs "
+            "WHERE TRY_CAST(json_extract_string(rec, '$.id') AS BIGINT) = p.offer_id)"
         )[0][0]
         if missing and walk.complete:
             warnings.append(f"metapic_offers: {missing} offer(s) no longer listed under any status; kept as last seen")
@@ -427,6 +427,24 @@ def participants_path(offer_id: int) -> str:
     return f"{OFFERS_PATH}/{offer_id}/participants"
 
 
+def _offers_to_read_sql() -> str:
+    """Every known offer: is it terminal, and were its participants read since it became so?
+
+    "Since" is measured against the start of the offer's current status interval, so an offer that
+    is reopened and ends again gets another final read.
+    """
+    terminal = ", ".join(f"'{s}'" for s in TERMINAL_OFFER_STATUSES)
+    return f"""
+        SELECT o.offer_id,
+               coalesce(o.source_status IN ({terminal}), false) AS terminal,
+               CASE WHEN o.participants_final_read_at IS NULL THEN false
+                    WHEN h.valid_from IS NULL THEN true
+                    ELSE o.participants_final_read_at >= h.valid_from END AS final_read
+        FROM wh.main.metapic_offers AS o
+        LEFT JOIN wh.main.status_history AS h
+          ON h.source = '{OFFERS.source}' AND h.entity_id = CAST(o.offer_id AS VARCHAR) AND h.valid_to IS NULL"""
+
+
 def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, full_refresh: bool = False) -> SyncReport:
     """Read the participants of every offer that can still change, and once more of every offer
     that became terminal since its participants were last read; concurrently, one list per offer.
@@ -436,16 +454,8 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
     """
     started, started_at = time.monotonic(), datetime.now(UTC)
     client = fetcher.client
-    terminal = ", ".join(f"'{s}'" for s in TERMINAL_OFFER_STATUSES)
     with StreamLoad(warehouse, PARTICIPANTS.table, [PARTICIPANTS], run_id=run_id, on_progress=fetcher.progress) as load:
-        load.read_state(
-            {
-                "offers": "SELECT offer_id, coalesce(source_status IN ("
-                + terminal
-                + "), false) AS terminal, participants_final_read_at IS NOT NULL AS final_read "
-                "FROM wh.main.metapic_offers"
-            }
-        )
+        load.read_state({"offers": _offers_to_read_sql()})
         chosen = load.query(
             "SELECT offer_id, terminal FROM offers WHERE ? OR NOT terminal OR NOT final_read ORDER BY offer_id",
             [full_refresh],
@@ -503,14 +513,15 @@ def live_offers_sql(day: date) -> str:
     not already observed ended/deleted before the day began."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
+    terminal = ", ".join(f"'{s}'" for s in TERMINAL_OFFER_STATUSES)
     return f"""
         SELECT o.offer_id FROM wh.main.metapic_offers AS o
         WHERE (o.valid_from IS NULL OR o.valid_from < TIMESTAMPTZ '{end.isoformat()}')
           AND (o.valid_until IS NULL OR o.valid_until >= TIMESTAMPTZ '{start.isoformat()}')
           AND NOT EXISTS (
               SELECT 1 FROM wh.main.status_history AS h
-              WHERE h.source = 'metapic_offer' AND h.entity_id = CAST(o.offer_id AS VARCHAR)
-                AND h.valid_to IS NULL AND h.source_status IN ('ended', 'deleted')
+              WHERE h.source = '{OFFERS.source}' AND h.entity_id = CAST(o.offer_id AS VARCHAR)
+                AND h.valid_to IS NULL AND h.source_status IN ({terminal})
                 AND h.valid_from < TIMESTAMPTZ '{start.isoformat()}')
         ORDER BY o.offer_id"""
 
@@ -529,6 +540,8 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
     with StreamLoad(warehouse, stream, [DAILY_STATS], run_id=run_id, on_progress=fetcher.progress) as load:
         load.read_state({"live_offers": live_offers_sql(day)})
         offer_ids = [r[0] for r in load.query("SELECT offer_id FROM live_offers")]
+        if not offer_ids:
+            fetcher.log(f"{stream}: no offer in the warehouse was live that day (materialize metapic_offers first?)")
         params = {"start_date": day.isoformat(), "end_date": day.isoformat()}
 
         def reader(offer_id: int):
