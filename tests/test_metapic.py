@@ -451,6 +451,14 @@ def test_daily_stats_partition_loads_exactly_that_day_and_rerun_adds_nothing(mwo
         [f"metapic_participant_daily_stats:{DAY}"],
     ) == [(0, 0)]
 
+    # a participant the API no longer reports for that day disappears from that day, nothing else
+    offer = next(o for o in campaigns(mworld).offers if o.id in live_on(mworld, day) and o.participants[0].id)
+    gone = offer.participants.pop(0)
+    run_daily_stats(mworld, DAY)
+    after = mworld.query("SELECT * FROM metapic_participant_daily_stats ORDER BY ALL")
+    assert [r for r in before if (r[0], r[1]) != (offer.id, f"id:{gone.id}")] == after
+    assert len(after) == len(before) - 1
+
 
 def test_daily_stats_range_backfills_in_one_run(mworld):
     mworld.sync(assets=["metapic_offers"])

@@ -20,7 +20,7 @@ Docs: ``shared/api-docs/metapic-api-v2.md``. What matters for correctness:
 - The API allows 300 requests per window (``x-ratelimit-*``): the client's rate limiter is shared
   by every client of the process (:func:`shared_rate_limiter`).
 
-Assumptions where the docs are silent (the README lists them):
+Assumptions where the docs are silent:
 
 - ``cpa`` is stored as given (it looks like a commission rate: 0.04 next to a 0.01 CPC).
 - The offer's ``cpc``/``cpa`` are those of the "General" traffic source (``source`` 0), else of
@@ -378,16 +378,11 @@ class Fetcher:
             self.on_progress(label.split(":", 1)[0], records)
 
 
-def _report(stream: str, mode: str, result: LoadResult | None, client: ApiClient, started: float, warnings: list[str]) -> SyncReport:
-    return SyncReport(
-        stream=stream,
-        mode=mode,
-        result=result,
-        requests=client.stats.requests,
-        retries=client.stats.retries,
-        seconds=time.monotonic() - started,
-        warnings=warnings,
-    )
+def _report(
+    stream: str, mode: str, result: LoadResult, started: float, warnings: list[str], requests: int, retries: int
+) -> SyncReport:
+    seconds = time.monotonic() - started
+    return SyncReport(stream, mode, result, requests=requests, retries=retries, seconds=seconds, warnings=warnings)
 
 
 def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncReport:
@@ -420,7 +415,7 @@ def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncR
             full_walk=walk.complete,
             business_sql=OFFERS_BUSINESS_SQL,
         )
-    return _report(OFFERS.table, "full", result, client, started, warnings)
+    return _report(OFFERS.table, "full", result, started, warnings, client.stats.requests, client.stats.retries)
 
 
 def participants_path(offer_id: int) -> str:
@@ -505,7 +500,7 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
             business_sql=PARTICIPANTS_BUSINESS_SQL,
             after_merge=after_merge,
         )
-    return _report(PARTICIPANTS.table, mode, result, client, started, warnings)
+    return _report(PARTICIPANTS.table, mode, result, started, warnings, client.stats.requests, client.stats.retries)
 
 
 def live_offers_sql(day: date) -> str:
@@ -570,19 +565,18 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
                 {"day": day, "ids": complete},
             )
 
+        requests, retries = client.stats.requests - requests_before, client.stats.retries - retries_before
         result = load.commit(
             cursor={"date": day.isoformat(), "offers_read": len(offer_ids), "complete": len(complete)},
             mode="partition",
             started_at=started_at,
-            requests=client.stats.requests - requests_before,
-            retries=client.stats.retries - retries_before,
+            requests=requests,
+            retries=retries,
             warnings=warnings,
             full_walk=len(complete) == len(offer_ids),
             after_merge=after_merge,
         )
-    report = _report(DAILY_STATS.table, "partition", result, client, started, warnings)
-    report.requests, report.retries = client.stats.requests - requests_before, client.stats.retries - retries_before
-    return report
+    return _report(DAILY_STATS.table, "partition", result, started, warnings, requests, retries)
 
 
 def combine_reports(stream: str, reports: list[SyncReport]) -> SyncReport:
