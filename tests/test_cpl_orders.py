@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from models.status import STATUS_MAPPINGS
 
 CPL_ROUTE = "marketer/cpl/orders"
@@ -50,10 +52,13 @@ def assert_matches_truth(world) -> None:
 
 
 def test_full_sync_reads_every_status_explicitly_across_pages(world):
-    world.sync(assets=["cpl_orders"])
+    result = world.sync(assets=["cpl_orders"])
 
     assert_matches_truth(world)
     truth = cpl_truth(world)
+    metadata = result.asset_materializations_for_node("cpl_orders")[0].metadata
+    assert metadata["earned_usd"].value == pytest.approx(sum(t["total_earned"] for t in truth.values()))
+    assert metadata["orders_open"].value == sum(t["status"] in ("waiting", "accepted") for t in truth.values())
     assert {t["status"] for t in truth.values()} == STATUSES  # the world exercises every status
     assert {r[0] for r in world.query("SELECT DISTINCT source_status FROM cpl_orders")} == STATUSES
     stats = world.sandbox.stats.snapshot()

@@ -123,10 +123,15 @@ def swap_requests(world) -> list[dict[str, str]]:
 
 def test_full_sync_takes_status_from_the_filter_and_flattens_both_sides(swap_world):
     world = swap_world
-    world.sync(assets=["swap_orders"])
+    result = world.sync(assets=["swap_orders"])
 
     expected = truth(world)
     assert {t["_status"] for t in expected.values()} == STATUSES
+    metadata = result.asset_materializations_for_node("swap_orders")[0].metadata
+    mine = [s for t in expected.values() for s in (t["offer_side"], t["order_side"]) if s["is_mine"]]
+    assert metadata["earned_usd"].value == pytest.approx(sum(s["stats"]["transactions_sum"]["total"] for s in mine))
+    assert metadata["orders_open"].value == sum(t["_status"] in ("waiting", "accepted") for t in expected.values())
+    assert metadata["swap_order_sides.inserted"].value == 2 * len(expected)
     assert all("status" not in t for t in expected.values())  # as documented: no status field
     assert_matches(world, expected)
 

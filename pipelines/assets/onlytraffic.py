@@ -100,12 +100,13 @@ def cpl_orders(
     return materialize(context, sync)
 
 
-# Swaps do not earn per unit: "fan spend" is what the fans a swap brought spent on our side's
-# model (transactions_sum.total of the sides that are ours). Fill rate is per side.
+# A swap is not paid per unit: what it earned is what the fans it brought spent on our side's
+# model (transactions_sum.total of the sides that are ours, as in v_earnings). Fill rate is per
+# side: that side's fans_subscribed_total / the order's quantity (as in v_fill_rate).
 SWAP_BUSINESS_SQL = """
-SELECT (SELECT count(*) FILTER (WHERE status IN ('pending', 'active')) FROM {wh}.swap_orders) AS orders_open,
-       (SELECT sum(transactions_sum_total) FILTER (WHERE is_mine) FROM {wh}.swap_order_sides)
-           AS fan_spend_my_side_usd,
+SELECT (SELECT sum(transactions_sum_total) FILTER (WHERE is_mine) FROM {wh}.swap_order_sides)
+           AS earned_usd,
+       (SELECT count(*) FILTER (WHERE status IN ('pending', 'active')) FROM {wh}.swap_orders) AS orders_open,
        (SELECT avg(s.fans_subscribed_total / nullif(o.quantity, 0))
         FROM {wh}.swap_order_sides AS s JOIN {wh}.swap_orders AS o USING (order_id)) AS avg_fill_rate
 """
