@@ -1,0 +1,230 @@
+"""Medians, targets and the printed table of a bench run (numbers in, text and JSON out).
+
+The headline is the ratio of the full sync's wall time to the floor measured in the same run
+(``fetch + load``), because the machine is shared and noisy: absolute seconds move with the
+neighbours, a ratio measured minutes apart much less.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from bench.streams import ORDER
+
+RATIO_TARGET = 1.5
+RATIO_AIM = 1.25
+RSS_LIMIT_MB = 400.0
+RSS_GROWTH_LIMIT = 1.20  # large vs medium
+NO_CHANGE_SLACK_S = 5.0
+METAPIC_WINDOW_LIMIT = 300
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _sorted_streams(names: set[str]) -> list[str]:
+    return sorted(names, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
+
+
+def summarize(preset: dict[str, Any]) -> dict[str, Any]:
+    """Medians over the repeats of one preset, per phase and per stream."""
+    reps = preset["repeats"]
+    after = preset["after_day"]
+
+    def phase(items: list[dict]) -> dict[str, Any]:
+        return {
+            key: median([i[key] for i in items])
+            for key in ("wall_s", "peak_rss_mb", "requests", "records", "rows_written", "history_rows_added",
+                        "stream_seconds", "metapic_max_per_60s")
+        }
+
+    full = phase([r["full"] for r in reps])
+    no_change = phase([r["no_change"] for r in reps])
+    after_day = phase(after)
+    floor = {
+        "fetch_s": median([r["floor"]["fetch_s"] for r in reps]),
+        "load_s": median([r["floor"]["load_s"] for r in reps]),
+        "total_s": median([r["floor"]["fetch_s"] + r["floor"]["load_s"] for r in reps]),
+        "max_s": median([max(r["floor"]["fetch_s"], r["floor"]["load_s"]) for r in reps]),
+        "requests": median([r["floor"]["requests"] for r in reps]),
+    }
+    ratios = [r["full"]["wall_s"] / (r["floor"]["fetch_s"] + r["floor"]["load_s"]) for r in reps
+              if r["floor"]["fetch_s"] + r["floor"]["load_s"] > 0]
+    stream_ratios = [r["full"]["stream_seconds"] / (r["floor"]["fetch_s"] + r["floor"]["load_s"]) for r in reps
+                     if r["floor"]["fetch_s"] + r["floor"]["load_s"] > 0]
+    names: set[str] = set()
+    for r in reps:
+        names |= set(r["full"]["streams"]) | set(r["floor"]["streams"])
+    streams = {}
+    for name in _sorted_streams(names):
+        def s(r: dict, part: str, key: str, default: float = 0.0) -> float:
+            return r[part]["streams"].get(name, {}).get(key, default)
+
+        sync_s = median([s(r, "full", "seconds") for r in reps])
+        fetch_s = median([s(r, "floor", "fetch_s") for r in reps])
+        load_s = median([s(r, "floor", "load_s") for r in reps])
+        floor_total = (fetch_s or 0) + (load_s or 0)
+        records = median([s(r, "full", "records") for r in reps])
+        streams[name] = {
+            "records": records,
+            "requests": median([r["full"]["requests_by_stream"].get(name, 0) for r in reps]),
+            "sync_s": sync_s,
+            "records_per_s": records / sync_s if sync_s else None,
+            "floor_fetch_s": fetch_s,
+            "floor_load_s": load_s,
+            "ratio": sync_s / floor_total if floor_total > 0 else None,
+            "no_change_requests": median([r["no_change"]["requests_by_stream"].get(name, 0) for r in reps]),
+            "no_change_s": median([s(r, "no_change", "seconds") for r in reps]),
+            "after_day_requests": median([a["requests_by_stream"].get(name, 0) for a in after]),
+            "after_day_s": median([a["streams"].get(name, {}).get("seconds", 0.0) for a in after]),
+        }
+    return {
+        "full": {**full, "records_per_s": full["records"] / full["wall_s"] if full["wall_s"] else None},
+        "no_change": no_change,
+        "after_day": after_day,
+        "floor": floor,
+        "ratio_to_floor": median(ratios),
+        "ratio_streams_to_floor": median(stream_ratios),
+        "streams": streams,
+        "failures": [f"{p}: exit {m['exit_code']}" for r in reps for p, m in (("full", r["full"]), ("no-change", r["no_change"])) if m["exit_code"]]
+        + [f"after-day: exit {a['exit_code']}" for a in after if a["exit_code"]],
+    }
+
+
+def targets(name: str, summary: dict[str, Any], rate_limit: dict[str, Any], medium_rss: float | None) -> list[dict]:
+    """Each target of the issue with the measured value and whether it is met."""
+    out: list[dict] = []
+
+    def add(what: str, value: Any, goal: str, ok: bool | None) -> None:
+        out.append({"target": what, "value": value, "goal": goal, "ok": ok})
+
+    ratio = summary["ratio_to_floor"]
+    add("full sync / floor (fetch+load)", _r(ratio), f"<= {RATIO_TARGET} (aim {RATIO_AIM})",
+        None if ratio is None else ratio <= RATIO_TARGET)
+    rss = summary["full"]["peak_rss_mb"]
+    add("peak RSS of the full sync, MB", _r(rss, 0), f"< {RSS_LIMIT_MB:.0f}", None if rss is None else rss < RSS_LIMIT_MB)
+    if medium_rss and name != "medium" and rss:
+        growth = rss / medium_rss
+        add(f"peak RSS vs medium ({medium_rss:.0f} MB)", _r(growth), f"<= {RSS_GROWTH_LIMIT}", growth <= RSS_GROWTH_LIMIT)
+    full, nc = summary["full"], summary["no_change"]
+    if full["requests"] and nc["requests"] is not None and full["wall_s"]:
+        share = nc["requests"] / full["requests"]
+        add("no-change requests / full requests", _r(share), "~0.33 (only what can still change)", None)
+        bound = share * full["wall_s"] + NO_CHANGE_SLACK_S
+        add("no-change sync wall s", _r(nc["wall_s"]), f"<= {bound:.1f} (share x full + {NO_CHANGE_SLACK_S:.0f}s)",
+            nc["wall_s"] <= bound)
+    add("no-change sync: rows written + history rows", (nc["rows_written"] or 0) + (nc["history_rows_added"] or 0),
+        "0", not (nc["rows_written"] or nc["history_rows_added"]))
+    worst = max(v for v in (full["metapic_max_per_60s"], nc["metapic_max_per_60s"],
+                            summary["after_day"]["metapic_max_per_60s"], 0) if v is not None)
+    add("Metapic requests in any 60 s (sync)", worst, f"<= {METAPIC_WINDOW_LIMIT}", worst <= METAPIC_WINDOW_LIMIT)
+    refused = rate_limit.get("refused")
+    if refused is not None:
+        add("Metapic 429s served by the sandbox (whole run)", refused, "0", refused == 0)
+    add("syncs that failed", len(summary["failures"]), "0", not summary["failures"])
+    return out
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _f(value: Any, fmt: str = "{:,.1f}") -> str:
+    if value is None:
+        return "-"
+    return fmt.format(value)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(lines)
+
+
+def render(preset: dict[str, Any]) -> str:
+    """The printed table of one preset."""
+    s = preset["summary"]
+    scale = preset["scale"]
+    head = (
+        f"== preset {preset['preset']}: cpc {scale['cpc_orders']:,} · cpl {scale['cpl_orders']:,} · swap "
+        f"{scale['swap_orders']:,} · leads {scale['leads']:,} · offers {scale['offers']:,}×"
+        f"{scale['participants_per_offer']} — {len(preset['repeats'])} repeat(s), medians; sandbox generated in "
+        f"{preset['sandbox']['generate_s']:.0f}s"
+    )
+    full, nc, ad, fl = s["full"], s["no_change"], s["after_day"], s["floor"]
+    phases = _table(
+        ["phase", "wall s", "requests", "records", "rec/s", "peak RSS MB", "rows written"],
+        [
+            ["1. full initial sync", _f(full["wall_s"]), _f(full["requests"], "{:,.0f}"), _f(full["records"], "{:,.0f}"),
+             _f(full["records_per_s"], "{:,.0f}"), _f(full["peak_rss_mb"], "{:,.0f}"), _f(full["rows_written"], "{:,.0f}")],
+            ["2. no-change incremental", _f(nc["wall_s"]), _f(nc["requests"], "{:,.0f}"), _f(nc["records"], "{:,.0f}"), "",
+             _f(nc["peak_rss_mb"], "{:,.0f}"), _f((nc["rows_written"] or 0) + (nc["history_rows_added"] or 0), "{:,.0f}")],
+            ["3. incremental after +1 day", _f(ad["wall_s"]), _f(ad["requests"], "{:,.0f}"), _f(ad["records"], "{:,.0f}"), "",
+             _f(ad["peak_rss_mb"], "{:,.0f}"), _f(ad["rows_written"], "{:,.0f}")],
+            ["4. floor: fetch (bare httpx)", _f(fl["fetch_s"]), _f(fl["requests"], "{:,.0f}"), "", "", "", ""],
+            ["   floor: load (DuckDB JSON)", _f(fl["load_s"]), "", "", "", "", ""],
+            ["   floor: fetch + load", _f(fl["total_s"]), "", "", "", "", ""],
+            ["   floor: max(fetch, load)", _f(fl["max_s"]), "", "", "", "", ""],
+        ],
+    )
+    stream_rows = []
+    for name, st in s["streams"].items():
+        stream_rows.append([
+            name, _f(st["records"], "{:,.0f}"), _f(st["requests"], "{:,.0f}"), _f(st["sync_s"]),
+            _f(st["records_per_s"], "{:,.0f}"), _f(st["floor_fetch_s"]), _f(st["floor_load_s"]), _f(st["ratio"], "{:.2f}x"),
+            _f(st["no_change_requests"], "{:,.0f}"), _f(st["no_change_s"]), _f(st["after_day_requests"], "{:,.0f}"),
+        ])
+    streams = _table(
+        ["stream (full sync)", "records", "requests", "sync s", "rec/s", "floor fetch s", "floor load s", "ratio",
+         "no-chg req", "no-chg s", "+1d req"],
+        stream_rows,
+    )
+    overhead = (full["wall_s"] or 0) - (full["stream_seconds"] or 0)
+    ratio = (
+        f"HEADLINE full sync / floor(fetch+load) = {_f(s['ratio_to_floor'], '{:.2f}x')}   "
+        f"(sum of stream times / floor = {_f(s['ratio_streams_to_floor'], '{:.2f}x')}; "
+        f"process start-up, views and summary outside the streams: {overhead:.1f}s)"
+    )
+    target_rows = [
+        [t["target"], str(t["value"]), t["goal"], {True: "ok", False: "MISS", None: "info"}[t["ok"]]]
+        for t in preset["targets"]
+    ]
+    checks = _table(["target", "measured", "goal", ""], target_rows)
+    parts = [head, phases, "", streams, "", ratio, "", checks]
+    if s["failures"]:
+        parts += ["", "FAILED SYNCS: " + "; ".join(s["failures"]) + " (see the log_tail in the JSON)"]
+    return "\n".join(parts)
+
+
+def results_path(directory: Path) -> Path:
+    """``<dir>/<YYYY-MM-DD>.json``, with ``-2``, ``-3``... when that name is taken."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base = date.today().isoformat()
+    path = directory / f"{base}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = directory / f"{base}-{n}.json"
+    return path
+
+
+def latest_medium_rss(directory: Path) -> tuple[float, str] | None:
+    """The medium preset's peak RSS from the newest results file that has one (for the growth check)."""
+    for path in sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            data = json.loads(path.read_text())
+            rss = data["presets"]["medium"]["summary"]["full"]["peak_rss_mb"]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if rss:
+            return float(rss), path.name
+    return None

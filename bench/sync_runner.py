@@ -1,0 +1,158 @@
+"""Run the real sync (``python -m pipelines.cli run``) in a subprocess and measure it.
+
+Measured from the outside, as a user would experience it: wall time from spawn to exit (Python and
+Dagster start-up included), the process's peak RSS (``ru_maxrss`` from ``os.wait4``: the kernel's
+high-water mark, so no sample can miss a spike), and what the warehouse says it did (``sync_runs``:
+records, requests and the duration of each stream; rows written).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+SOURCE_PREFIXES = ("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_")
+
+
+@dataclass
+class SyncMeasurement:
+    wall_s: float
+    peak_rss_mb: float
+    exit_code: int
+    run_id: str | None
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # from sync_runs
+    history_rows_added: int = 0
+    log_tail: str = ""
+
+    @property
+    def records(self) -> int:
+        return sum(s["records"] for s in self.streams.values())
+
+    @property
+    def rows_written(self) -> int:
+        return sum(s["inserted"] + s["updated"] for s in self.streams.values())
+
+    @property
+    def stream_seconds(self) -> float:
+        return sum(s["seconds"] for s in self.streams.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "wall_s": round(self.wall_s, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "exit_code": self.exit_code,
+            "run_id": self.run_id,
+            "records": self.records,
+            "rows_written": self.rows_written,
+            "history_rows_added": self.history_rows_added,
+            "stream_seconds": round(self.stream_seconds, 3),
+            "streams": self.streams,
+            **({"log_tail": self.log_tail} if self.exit_code else {}),
+        }
+
+
+class SyncRunner:
+    """One warehouse (and Dagster home) in ``workdir``, synced against the given sandbox env."""
+
+    def __init__(self, workdir: Path, sandbox_env: dict[str, str], extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.sandbox_env = sandbox_env
+        self.extra_env = extra_env or {}
+        self.warehouse = workdir / "warehouse.duckdb"
+        self.runs = 0
+
+    def environment(self, now: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(SOURCE_PREFIXES)}
+        env.update(self.sandbox_env)
+        env.update(
+            {
+                "WAREHOUSE_PATH": str(self.warehouse),
+                "DAGSTER_HOME": str(self.workdir / "dagster_home"),
+                # the warehouse clock follows the sandbox's, as in the tests (advance moves both)
+                "WAREHOUSE_NOW": now,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "pipelines.cli", "run"]
+
+    def run(self, now: str) -> SyncMeasurement:
+        """One ``affwh run``; the warehouse keeps its state between calls (incremental runs)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.runs += 1
+        log_path = self.workdir / f"sync-{self.runs}.log"
+        history_before = self._history_rows()
+        with log_path.open("w") as log:
+            started = time.monotonic()
+            # cwd: the work dir, so no stray .env of the project root is read
+            proc = subprocess.Popen(
+                self.command(), cwd=self.workdir, env=self.environment(now), stdout=log, stderr=subprocess.STDOUT
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.monotonic() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        measurement = SyncMeasurement(
+            wall_s=wall,
+            peak_rss_mb=usage.ru_maxrss / 1024,  # Linux: kilobytes
+            exit_code=proc.returncode,
+            run_id=None,
+        )
+        if proc.returncode != 0:
+            measurement.log_tail = log_path.read_text(errors="replace")[-3000:]
+        measurement.run_id, measurement.streams = self._last_run()
+        measurement.history_rows_added = self._history_rows() - history_before
+        return measurement
+
+    def _connect(self) -> duckdb.DuckDBPyConnection | None:
+        if not self.warehouse.exists():
+            return None
+        return duckdb.connect(str(self.warehouse), read_only=True)
+
+    def _history_rows(self) -> int:
+        con = self._connect()
+        if con is None:
+            return 0
+        with con:
+            return con.execute("SELECT count(*) FROM status_history").fetchone()[0]
+
+    def _last_run(self) -> tuple[str | None, dict[str, dict[str, Any]]]:
+        con = self._connect()
+        if con is None:
+            return None, {}
+        with con:
+            row = con.execute("SELECT run_id FROM sync_runs ORDER BY finished_at DESC LIMIT 1").fetchone()
+            if row is None:
+                return None, {}
+            rows = con.execute(
+                """
+                SELECT stream, mode, records_received, inserted, updated, unchanged, quarantined, requests,
+                       retries, epoch(finished_at) - epoch(started_at) AS seconds
+                FROM sync_runs WHERE run_id = ? ORDER BY started_at
+                """,
+                [row[0]],
+            ).fetchall()
+        streams = {
+            r[0]: {
+                "mode": r[1],
+                "records": int(r[2] or 0),
+                "inserted": int(r[3] or 0),
+                "updated": int(r[4] or 0),
+                "unchanged": int(r[5] or 0),
+                "quarantined": int(r[6] or 0),
+                "requests": int(r[7] or 0),
+                "retries": int(r[8] or 0),
+                "seconds": round(float(r[9] or 0.0), 3),
+            }
+            for r in rows
+        }
+        return row[0], streams
