@@ -183,8 +183,8 @@ def cpamoe_envelope(data: Any, http_status: int) -> None:
 
 # -- the status poll ---------------------------------------------------------------------------
 
-# Snapshot of the leads to ask about, copied from the warehouse when the poll starts.
 def polled_snapshot_sql(full_refresh: bool) -> str:
+    """The leads to ask about (not final; all with ``full_refresh``), copied when the poll starts."""
     where = "" if full_refresh else f"WHERE NOT {is_final_sql()}"
     return f"SELECT lead_id, stage, uid, found FROM wh.main.cpamoe_leads {where}"
 
