@@ -479,8 +479,10 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
             if is_terminal and (walk.complete or walk.not_found)  # type: ignore[union-attr]
         ]
 
+        keyless: list[int] = []
+
         def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-            quarantine_keyless(con, now, PARTICIPANTS.table, run_id)
+            keyless.append(quarantine_keyless(con, now, PARTICIPANTS.table, run_id))
             if final:
                 con.execute(
                     "UPDATE wh.main.metapic_offers SET participants_final_read_at = $now "
@@ -500,6 +502,7 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
             business_sql=PARTICIPANTS_BUSINESS_SQL,
             after_merge=after_merge,
         )
+        result.primary.quarantined += sum(keyless)
     return _report(PARTICIPANTS.table, mode, result, started, warnings, client.stats.requests, client.stats.retries)
 
 
@@ -552,8 +555,10 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
         warnings = [w for walk in walks for w in walk.warnings]  # type: ignore[union-attr]
         complete = [o for o, walk in zip(offer_ids, walks, strict=True) if walk.complete]  # type: ignore[union-attr]
 
+        keyless: list[int] = []
+
         def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-            quarantine_keyless(con, now, DAILY_STATS.table, run_id)
+            keyless.append(quarantine_keyless(con, now, DAILY_STATS.table, run_id))
             con.execute(
                 f"""
                 DELETE FROM wh.main.{DAILY_STATS.table} AS t
@@ -576,6 +581,7 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
             full_walk=len(complete) == len(offer_ids),
             after_merge=after_merge,
         )
+        result.primary.quarantined += sum(keyless)
     return _report(DAILY_STATS.table, "partition", result, started, warnings, requests, retries)
 
 
