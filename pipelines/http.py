@@ -57,6 +57,17 @@ class ApiError(RuntimeError):
         self.reason = message
 
 
+    def located(self, endpoint: str, redact: Callable[[str], str]) -> ApiError:
+        """This error (same class and attributes) named after ``endpoint``, secrets redacted.
+
+        Envelope checkers raise errors without knowing the URL; the client locates them.
+        """
+        self.reason = redact(self.reason)
+        self.endpoint = endpoint
+        self.args = (f"{endpoint}: {self.reason}",)
+        return self
+
+
 class AuthError(ApiError):
     """401/403: the credentials are wrong; retrying cannot help."""
 
@@ -303,25 +314,22 @@ class ApiClient:
             except ApiError as err:
                 if isinstance(err, AuthError):
                     fix = " or ".join(self.credential_vars) or "the credentials"
-                    raise AuthError(
-                        f"{err.reason}; check {fix}", endpoint=endpoint, status_code=err.status_code
-                    ) from None
-                raise type(err)(
-                    self.redact(err.reason),
-                    endpoint=endpoint,
-                    status_code=err.status_code,
-                    retryable=err.retryable,
-                    retry_after=err.retry_after
-                    if err.retry_after is not None
-                    else parse_retry_after(response.headers.get("retry-after")),
-                ) from None
+                    err.reason = f"{err.reason}; check {fix}"
+                if err.retry_after is None:
+                    err.retry_after = parse_retry_after(response.headers.get("retry-after"))
+                raise err.located(endpoint, self.redact) from None
         return ApiResponse(parsed, content, response.headers, status)
 
     def _detail(self, parsed: Any) -> str:
-        if isinstance(parsed, dict):
-            for key in ("message", "error", "detail"):
-                if isinstance(parsed.get(key), str):
-                    return f": {self.redact(parsed[key])[:300]}"
+        """The server's own words about an error, from the usual places in a JSON body."""
+        candidates = [parsed]
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            candidates.append(parsed["error"])
+        for body in candidates:
+            if isinstance(body, dict):
+                for key in ("message", "error", "detail"):
+                    if isinstance(body.get(key), str):
+                        return f": {self.redact(body[key])[:300]}"
         return ""
 
     def _observe_rate_limit_headers(self, headers: httpx.Headers) -> None:
