@@ -95,13 +95,24 @@ HISTORY_SOURCES = {
 }
 
 
+# Tables written by an asset of another name (besides the asset named after each table).
+EXTRA_TABLE_WRITERS = {
+    "swap_orders": ["swap_orders_by_created_day"],
+    "swap_order_sides": ["swap_orders", "swap_orders_by_created_day"],
+    "cpamoe_leads": ["cpamoe_lead_files"],
+}
+
+
 def _table_producers(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.AssetKey]]:
-    """Which assets write each table: a table is written by the asset(s) with its name, and the
-    shared tables (status_history, ...) by every ingestion asset."""
+    """Which assets write each table: the asset named after it, the writers listed in
+    EXTRA_TABLE_WRITERS, and for the shared tables (status_history, ...) every ingestion asset."""
     producers: dict[str, list[dg.AssetKey]] = {}
+    names = {key.path[-1] for a in assets for key in a.keys}
     for a in assets:
         for key in a.keys:
             producers.setdefault(key.path[-1], []).append(key)
+    for table, writers in EXTRA_TABLE_WRITERS.items():
+        producers.setdefault(table, []).extend(dg.AssetKey(w) for w in writers if w in names)
     ingestion_keys = [k for a in INGESTION_ASSETS for k in a.keys]
     for table in SHARED_TABLES:
         producers[table] = ingestion_keys
