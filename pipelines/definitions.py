@@ -68,6 +68,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             max_concurrency=_int_env("METAPIC_CONCURRENCY", 4),
             page_size=_int_env("METAPIC_PAGE_SIZE", 0),
             rate_limit=_int_env("METAPIC_RATE_LIMIT", 300),
+            rate_window_seconds=float(os.environ.get("METAPIC_RATE_WINDOW_SECONDS") or 60),
         ),
     }
 

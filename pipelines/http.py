@@ -106,7 +106,22 @@ class RetryPolicy:
 
 
 class RateLimiter:
-    """At most ``max_calls`` requests started in any ``period`` seconds (sliding window)."""
+    """At most ``max_calls`` requests started in any ``period`` seconds (sliding window).
+
+    :meth:`shared` gives one limiter per API account and process, so every client of a run
+    (each asset has its own) draws from the same budget instead of each assuming it has all of it.
+    """
+
+    _shared: dict[tuple, RateLimiter] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, account: tuple, max_calls: int, period: float) -> RateLimiter:
+        key = (*account, max_calls, period)
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(max_calls, period)
+            return cls._shared[key]
 
     def __init__(self, max_calls: int, period: float) -> None:
         self.max_calls = max_calls

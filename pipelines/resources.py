@@ -209,7 +209,9 @@ class MetapicResource(_ApiResource):
             },
             envelope=metapic_envelope,
             on_retry=on_retry,
-            rate_limiter=RateLimiter(self.rate_limit, self.rate_window_seconds),
+            rate_limiter=RateLimiter.shared(
+                (self.base_url.rstrip("/"), self.user_id), self.rate_limit, self.rate_window_seconds
+            ),
         )
 
 

@@ -19,6 +19,8 @@ DEFAULTS: dict[str, str] = {
     "CPAMOE_BASE_URL": "https://api.cpa.moe",
     "METAPIC_BASE_URL": "https://api.metapic.dev",
     "CPAMOE_LEADS_DIR": "data/cpamoe_leads",
+    "SWAP_PARTITIONS_START": "2025-01-01",
+    "METAPIC_PARTITIONS_START": "2025-01-01",
 }
 
 

@@ -27,9 +27,6 @@ DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
 def metapic_fetcher(context: dg.AssetExecutionContext, metapic: MetapicResource) -> Iterator[source.Fetcher]:
     """A client whose rate limiter is shared by every Metapic asset of this process."""
     with metapic.client(on_retry=context.log.warning) as client:
-        client.rate_limiter = source.shared_rate_limiter(
-            metapic.base_url, metapic.user_id, metapic.rate_limit, metapic.rate_window_seconds
-        )
         yield _fetcher(context, metapic, client)
 
 

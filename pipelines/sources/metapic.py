@@ -18,7 +18,7 @@ Docs: ``shared/api-docs/metapic-api-v2.md``. What matters for correctness:
   identifier that is an address, any top-level field named like ``*email*``) are removed from
   ``raw``; a participant known only by e-mail is keyed by the SHA-256 of the lower-cased address.
 - The API allows 300 requests per window (``x-ratelimit-*``): the client's rate limiter is shared
-  by every client of the process (:func:`shared_rate_limiter`).
+  by every client of the process (``RateLimiter.shared``, built by ``MetapicResource``).
 
 Assumptions where the docs are silent:
 
@@ -39,7 +39,6 @@ Assumptions where the docs are silent:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ import duckdb
 
 from models.status import status_case_sql
 from pipelines.fetch import Emit, run_producers
-from pipelines.http import ApiClient, ApiError, AuthError, RateLimiter
+from pipelines.http import ApiClient, ApiError, AuthError
 from pipelines.loader import LoadResult, Page, StreamLoad, TableResult
 from pipelines.staging import Field, TableSpec
 from pipelines.sync import SyncReport
@@ -159,22 +158,6 @@ def walk_pages(
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-# -- rate limit ------------------------------------------------------------------------------------
-
-_LIMITERS: dict[tuple, RateLimiter] = {}
-_LIMITERS_LOCK = threading.Lock()
-
-
-def shared_rate_limiter(base_url: str, user: str | None, max_calls: int, period: float) -> RateLimiter:
-    """One limiter per API account and process: the assets of a run (each with its own client)
-    draw from the same 300-per-window budget instead of each assuming it has all of it."""
-    key = (base_url.rstrip("/"), user, max_calls, period)
-    with _LIMITERS_LOCK:
-        if key not in _LIMITERS:
-            _LIMITERS[key] = RateLimiter(max_calls, period)
-        return _LIMITERS[key]
 
 
 # -- SQL over staged records -----------------------------------------------------------------------
