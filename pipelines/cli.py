@@ -37,6 +37,14 @@ def ensure_dagster_home() -> Path:
     return home
 
 
+def _data_dir() -> Path:
+    """The folder of a local warehouse file (``data/`` by default)."""
+    location = env("WAREHOUSE_PATH")
+    if location.startswith(("md:", "motherduck:", "ducklake:")):
+        return Path("data").resolve()
+    return Path(location).resolve().parent
+
+
 @contextmanager
 def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str] | None]:
     """Start the sandbox in a subprocess when no credentials are set; yield its environment."""
@@ -45,8 +53,13 @@ def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str
         return
     workdir = Path(tempfile.mkdtemp(prefix="affwh-sandbox-"))
     env_file = workdir / "env.json"
+    # the register of leads "we submitted" in the sandbox world, beside the warehouse
+    leads_dir = _data_dir() / "sandbox_cpamoe_leads"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.sandbox", "--scale", scale, "--env-file", str(env_file)],
+        [
+            sys.executable, "-m", "pipelines.sandbox", "--scale", scale,
+            "--env-file", str(env_file), "--leads-dir", str(leads_dir),
+        ],
         stdout=subprocess.DEVNULL,
         cwd=PROJECT_ROOT,
     )

@@ -8,14 +8,17 @@ from models import metadata
 from pipelines.warehouse import Warehouse
 
 SUMMARY_QUERIES = {
-    "Earnings by source": (
-        "SELECT source, currency, count(*) AS orders, round(sum(earned), 2) AS earned "
-        "FROM v_earnings GROUP BY ALL ORDER BY ALL"
+    "v_summary: orders, units and earnings by source and status": (
+        "SELECT source, status, currency, orders, units_ordered, units_delivered, "
+        "round(earned, 2) AS earned FROM v_summary ORDER BY source, status, currency"
     ),
-    "Fill rate by source and status": (
-        "SELECT source, status, count(*) AS orders, sum(units_ordered) AS ordered, "
-        "sum(units_delivered) AS delivered, round(avg(fill_rate), 3) AS avg_fill_rate "
-        "FROM v_fill_rate GROUP BY ALL ORDER BY ALL"
+    "v_earnings_daily: the last days": (
+        "SELECT source, currency, day, round(earned, 2) AS earned FROM v_earnings_daily "
+        "ORDER BY day DESC, source, currency LIMIT 10"
+    ),
+    "v_order_alerts: what needs a person": (
+        "SELECT alert, source, count(*) AS alerts, min(due_at) AS first_due FROM v_order_alerts "
+        "GROUP BY ALL ORDER BY alert, source"
     ),
 }
 
@@ -60,6 +63,6 @@ def print_summary(location: str) -> None:
         for title, sql in SUMMARY_QUERIES.items():
             print(f"\n{title}")
             try:
-                _print_relation(con, sql, max_rows=20)
+                _print_relation(con, sql, max_rows=40)
             except duckdb.Error as exc:
                 print(f"  (unavailable: {exc})")

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from datetime import datetime
+from pathlib import Path
 
 from pipelines.sandbox.server import Sandbox
 from pipelines.sandbox.world import SCALES
@@ -25,13 +26,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--anchor", help="simulated 'now' at start (ISO-8601); default: this hour")
     parser.add_argument("--env-file", help="write the environment as JSON here once serving")
+    parser.add_argument(
+        "--leads-dir",
+        help="write the world's cpa.moe leads as a register CSV here and a demo payouts CSV beside "
+        "it (and point CPAMOE_LEADS_DIR and CPAMOE_PAYOUTS_FILE at them)",
+    )
     args = parser.parse_args(argv)
 
     anchor = datetime.fromisoformat(args.anchor) if args.anchor else None
     sandbox = Sandbox(scale=args.scale, seed=args.seed, anchor=anchor)
 
+    if args.leads_dir:
+        from pipelines.sandbox.register import PAYOUTS_FILE, write_demo_payouts, write_lead_register
+
+        write_lead_register(sandbox, Path(args.leads_dir))
+        write_demo_payouts(Path(args.leads_dir).parent / PAYOUTS_FILE)
+
     def ready(sb: Sandbox) -> None:
         env = {**sb.env(), "SANDBOX_URL": sb.base_url}
+        if args.leads_dir:
+            env["CPAMOE_LEADS_DIR"] = str(Path(args.leads_dir).resolve())
+            env["CPAMOE_PAYOUTS_FILE"] = str((Path(args.leads_dir).parent / PAYOUTS_FILE).resolve())
         if args.env_file:
             tmp = args.env_file + ".tmp"
             with open(tmp, "w") as f:
