@@ -7,8 +7,11 @@ loads, and idle time (waiting for the API, the queue or a lock) is visible as su
 samples are written to ``bench/results/profile-<preset>-<date>.txt`` (collapsed stacks: feed them
 to a flame-graph tool) and summarized:
 
-- **main thread, inclusive**: share of the sync's wall time spent inside each function (the main
-  thread runs Dagster, the loader and every DuckDB statement; a function counts once per sample);
+- **inclusive**: share of a thread's time spent inside each of our functions (the main thread
+  runs Dagster, the loader and every DuckDB statement; a function counts once per sample);
+- **innermost line of ours**: each sample charged to the deepest line of ``pipelines/`` or
+  ``models/`` on its stack, i.e. which of our statements (a DuckDB query, a request, a parse) the
+  time went to, whatever library ran underneath;
 - **main thread, self**: where the main thread actually is (leaf frames), grouped by function and
   by module;
 - **other threads**: the same for the fetch threads, grouped by thread name.
@@ -52,18 +55,30 @@ def module_of(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
-def parse_frame(frame: str) -> tuple[str, str]:
-    """(``module:function``, module) of one ``function (file:line)`` frame."""
+def parse_frame(frame: str) -> tuple[str, str, str | None]:
+    """(``module:function``, module, ``module:function:line`` when it is our code) of one frame."""
     m = FRAME.match(frame)
     if not m:
-        return frame, frame
+        return frame, frame, None
     module = module_of(m.group("file"))
-    return f"{module}:{m.group('func')}", module
+    name = f"{module}:{m.group('func')}"
+    ours = f"{name}:{m.group('line')}" if module.startswith(("pipelines/", "models/")) else None
+    return name, module, ours
+
+
+def thread_group(name: str, frames: list[tuple[str, str, str | None]]) -> str:
+    """Main thread (also before py-spy learnt its name), the fetch pools, or the thread's name."""
+    if name == "MainThread" or any(f.endswith(":_run_module_as_main") for f, _, _ in frames):
+        return "main"
+    name = re.sub(r"_\d+$", "", name)
+    return re.sub(r"^ThreadPoolExecutor-\d+$", "ThreadPoolExecutor (fetch pools)", name)
 
 
 def summarize(raw: Path, top: int = 25) -> dict:
     """Aggregate py-spy's collapsed stacks per thread group."""
-    threads: dict[str, dict[str, Counter]] = defaultdict(lambda: {"incl": Counter(), "self": Counter(), "mod": Counter()})
+    threads: dict[str, dict[str, Counter]] = defaultdict(
+        lambda: {"incl": Counter(), "self": Counter(), "mod": Counter(), "ours": Counter()}
+    )
     totals: Counter = Counter()
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -72,16 +87,19 @@ def summarize(raw: Path, top: int = 25) -> dict:
         count = int(count_text)
         head, _, frames_text = stack.partition(";")
         name = head.split(": ", 1)[1] if ": " in head else head
-        group = "main" if name == "MainThread" else re.sub(r"_\d+$", "", name)
         frames = [parse_frame(f) for f in frames_text.split(";") if f]
         if not frames:
             continue
+        group = thread_group(name, frames)
         totals[group] += count
         t = threads[group]
-        for func in {f for f, _ in frames}:
+        for func in {f for f, module, _ in frames if module.startswith(("pipelines/", "models/"))}:
             t["incl"][func] += count
         t["self"][frames[-1][0]] += count
         t["mod"][frames[-1][1]] += count
+        # the innermost line of our code: what we asked for (a DuckDB statement, a request...)
+        ours = next((o for _, _, o in reversed(frames) if o), "(not in our code: start-up, Dagster)")
+        t["ours"][ours] += count
     out = {}
     for group, t in sorted(threads.items(), key=lambda kv: -totals[kv[0]]):
         n = totals[group]
@@ -90,7 +108,7 @@ def summarize(raw: Path, top: int = 25) -> dict:
             return [(k, round(100 * v / n, 1), round(v / RATE, 1)) for k, v in counter.most_common(top)]
 
         out[group] = {"samples": n, "seconds": round(n / RATE, 1), "inclusive": pct(t["incl"]),
-                      "self": pct(t["self"]), "self_by_module": pct(t["mod"])}
+                      "self": pct(t["self"]), "self_by_module": pct(t["mod"]), "innermost_line_of_ours": pct(t["ours"])}
     return out
 
 
@@ -100,7 +118,7 @@ def render(summary: dict, wall: float) -> str:
         if data["seconds"] < 1:
             continue
         lines.append(f"\n## thread {group}: {data['seconds']}s sampled")
-        for title in ("inclusive", "self", "self_by_module"):
+        for title in ("inclusive", "innermost_line_of_ours", "self", "self_by_module"):
             lines.append(f"  -- {title} (% of this thread's samples, seconds)")
             for name, pct, sec in data[title][: 25 if group == "main" else 10]:
                 lines.append(f"  {pct:5.1f}%  {sec:7.1f}s  {name}")

@@ -79,6 +79,7 @@ def summarize(preset: dict[str, Any]) -> dict[str, Any]:
             "floor_fetch_s": fetch_s,
             "floor_load_s": load_s,
             "ratio": sync_s / floor_total if floor_total > 0 else None,
+            "peak_rss_mb": median([s(r, "full", "peak_rss_mb", None) for r in reps]),
             "no_change_requests": median([r["no_change"]["requests_by_stream"].get(name, 0) for r in reps]),
             "no_change_s": median([s(r, "no_change", "seconds") for r in reps]),
             "after_day_requests": median([a["requests_by_stream"].get(name, 0) for a in after]),
@@ -181,11 +182,12 @@ def render(preset: dict[str, Any]) -> str:
         stream_rows.append([
             name, _f(st["records"], "{:,.0f}"), _f(st["requests"], "{:,.0f}"), _f(st["sync_s"]),
             _f(st["records_per_s"], "{:,.0f}"), _f(st["floor_fetch_s"]), _f(st["floor_load_s"]), _f(st["ratio"], "{:.2f}x"),
-            _f(st["no_change_requests"], "{:,.0f}"), _f(st["no_change_s"]), _f(st["after_day_requests"], "{:,.0f}"),
+            _f(st["peak_rss_mb"], "{:,.0f}"), _f(st["no_change_requests"], "{:,.0f}"), _f(st["no_change_s"]),
+            _f(st["after_day_requests"], "{:,.0f}"),
         ])
     streams = _table(
         ["stream (full sync)", "records", "requests", "sync s", "rec/s", "floor fetch s", "floor load s", "ratio",
-         "no-chg req", "no-chg s", "+1d req"],
+         "RSS MB", "no-chg req", "no-chg s", "+1d req"],
         stream_rows,
     )
     overhead = (full["wall_s"] or 0) - (full["stream_seconds"] or 0)

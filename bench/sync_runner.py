@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,43 @@ class SyncMeasurement:
         }
 
 
+class RssSampler:
+    """Samples the sync process's RSS a few times a second (psutil, when installed), so the peak
+    can be attributed to the stream that was running; the overall peak comes from ``wait4``."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.samples: list[tuple[float, float]] = []  # (unix time, MB)
+        self._stop = threading.Event()
+        try:
+            import psutil
+
+            self._proc = psutil.Process(pid)
+        except Exception:  # noqa: BLE001 - psutil missing or the process already gone
+            self._proc = None
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        if self._proc is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.samples.append((time.time(), self._proc.memory_info().rss / 2**20))
+            except Exception:  # noqa: BLE001 - the process exited
+                return
+
+    def peak_between(self, start: float, end: float) -> float | None:
+        values = [mb for t, mb in self.samples if start <= t <= end]
+        return round(max(values), 1) if values else None
+
+
 class SyncRunner:
     """One warehouse (and Dagster home) in ``workdir``, synced against the given sandbox env."""
 
@@ -98,7 +136,8 @@ class SyncRunner:
             proc = subprocess.Popen(
                 self.command(), cwd=self.workdir, env=self.environment(now), stdout=log, stderr=subprocess.STDOUT
             )
-            _, status, usage = os.wait4(proc.pid, 0)
+            with RssSampler(proc.pid) as rss:
+                _, status, usage = os.wait4(proc.pid, 0)
             wall = time.monotonic() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
         measurement = SyncMeasurement(
@@ -110,6 +149,8 @@ class SyncRunner:
         if proc.returncode != 0:
             measurement.log_tail = log_path.read_text(errors="replace")[-3000:]
         measurement.run_id, measurement.streams = self._last_run()
+        for stream in measurement.streams.values():
+            stream["peak_rss_mb"] = rss.peak_between(stream.pop("started_epoch"), stream.pop("finished_epoch"))
         measurement.history_rows_added = self._history_rows() - history_before
         return measurement
 
@@ -136,7 +177,8 @@ class SyncRunner:
             rows = con.execute(
                 """
                 SELECT stream, mode, records_received, inserted, updated, unchanged, quarantined, requests,
-                       retries, epoch(finished_at) - epoch(started_at) AS seconds
+                       retries, epoch(finished_at) - epoch(started_at) AS seconds,
+                       epoch(started_at), epoch(finished_at)
                 FROM sync_runs WHERE run_id = ? ORDER BY started_at
                 """,
                 [row[0]],
@@ -152,6 +194,8 @@ class SyncRunner:
                 "requests": int(r[7] or 0),
                 "retries": int(r[8] or 0),
                 "seconds": round(float(r[9] or 0.0), 3),
+                "started_epoch": float(r[10] or 0.0),
+                "finished_epoch": float(r[11] or 0.0),
             }
             for r in rows
         }

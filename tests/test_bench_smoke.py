@@ -1,0 +1,67 @@
+"""The benchmark harness end to end on the tiny preset: one repeat, real sandbox and real syncs.
+
+It checks the harness measures what it claims (positive figures, the floor replays exactly the
+full sync's requests, the table has every phase and stream), not any speed: timings live in
+bench/results, never in assertions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import run as bench_run
+
+PHASES = (
+    "1. full initial sync",
+    "2. no-change incremental",
+    "3. incremental after +1 day",
+    "4. floor: fetch (bare httpx)",
+    "floor: load (DuckDB JSON)",
+    "floor: fetch + load",
+)
+API_STREAMS = ("cpc_orders", "cpl_orders", "swap_orders", "cpamoe_leads", "metapic_offers", "metapic_participants")
+
+
+@pytest.mark.timeout(300)
+def test_bench_tiny_preset_measures_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    results = tmp_path / "results"
+    code = bench_run.main(["--preset", "tiny", "--repeat", "1", "--results-dir", str(results), "--workdir", str(tmp_path / "work")])
+    out = capsys.readouterr().out
+    files = list(results.glob("*.json"))
+    assert len(files) == 1
+    preset = json.loads(files[0].read_text())["presets"]["tiny"]
+    phases = [p for r in preset["repeats"] for p in (r["full"], r["no_change"])] + preset["after_day"]
+    tails = [p.get("log_tail", "") for p in phases]
+    assert code == 0, "a sync failed:\n" + "\n---\n".join(t for t in tails if t)
+
+    for phase in PHASES:
+        assert phase in out
+    assert "HEADLINE full sync / floor(fetch+load) = " in out
+    for stream in API_STREAMS:
+        assert f"\n{stream} " in out
+
+    rep = preset["repeats"][0]
+    full, no_change, floor = rep["full"], rep["no_change"], rep["floor"]
+    after = preset["after_day"][0]
+
+    for phase in (full, no_change, after):
+        assert phase["exit_code"] == 0
+        assert phase["wall_s"] > 0 and phase["peak_rss_mb"] > 0 and phase["requests"] > 0
+    assert full["records"] > 0 and full["rows_written"] > 0
+    assert set(API_STREAMS) <= set(full["requests_by_stream"])
+    # the floor replays exactly the pages the full sync read
+    assert floor["requests"] == full["requests"] - full["non_200_responses"]
+    assert floor["fetch_s"] > 0 and floor["load_s"] > 0
+    for stream in API_STREAMS:
+        assert floor["streams"][stream]["records"] == full["streams"][stream]["records"], stream
+    # a no-change run asks for less than a full walk and writes nothing
+    assert no_change["requests"] < full["requests"]
+    assert no_change["rows_written"] == 0 and no_change["history_rows_added"] == 0
+    assert after["rows_written"] > 0  # a simulated day changes open orders
+
+    summary = preset["summary"]
+    assert summary["ratio_to_floor"] > 0
+    assert {t["target"] for t in preset["targets"]} >= {"full sync / floor (fetch+load)", "peak RSS of the full sync, MB"}
