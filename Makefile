@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test ui bench bench-quick sandbox query clean install
+.PHONY: run test ui bench bench-quick bench-profile sandbox query clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,12 +35,17 @@ query: $(STAMP)
 sandbox: $(STAMP)
 	$(PY) -m pipelines.sandbox $(ARGS)
 
-## make bench: the performance harness (large preset); make bench-quick: the small preset
+## make bench: the performance harness (large preset); make bench-quick: the medium preset;
+## make bench-profile: py-spy profile of one full sync (medium; installs the bench extra). See bench/README.md
 bench: $(STAMP)
 	$(PY) -m bench.run --preset large $(ARGS)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --preset medium $(ARGS)
+
+bench-profile: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,bench]"
+	$(PY) -m bench.profile --preset medium $(ARGS)
 
 clean:
 	rm -rf $(VENV) .dagster_home data/.staging .pytest_cache

@@ -4,8 +4,8 @@ The sync runs exactly as in the benchmark (``affwh run`` in a subprocess, agains
 sandbox in another process, fresh warehouse) under ``py-spy record --idle --threads``: py-spy
 samples every thread from outside, so the fetch threads are seen as well as the main thread that
 loads, and idle time (waiting for the API, the queue or a lock) is visible as such. The raw
-samples are written to ``bench/results/profile-<preset>-<date>.txt`` (collapsed stacks: feed them
-to a flame-graph tool) and summarized:
+samples are kept as ``bench/results/profile-<preset>-<date>.stacks.gz`` (collapsed stacks: feed
+them to a flame-graph tool) and summarized in ``.summary.txt`` and ``.json`` beside it:
 
 - **inclusive**: share of a thread's time spent inside each of our functions (the main thread
   runs Dagster, the loader and every DuckDB statement; a function counts once per sample);
@@ -20,6 +20,7 @@ to a flame-graph tool) and summarized:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -159,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     text = render(summary, wall)
     (raw.with_suffix(".summary.txt")).write_text(text + "\n")
     (raw.with_suffix(".json")).write_text(json.dumps({"preset": args.preset, "wall_s": round(wall, 1), "threads": summary}, indent=1) + "\n")
+    stacks = raw.with_suffix(".stacks.gz")  # collapsed stacks, for a flame-graph tool (zcat first)
+    with raw.open("rb") as src, gzip.open(stacks, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
     print(text)
-    print(f"\nraw stacks: {os.path.relpath(raw, PROJECT_ROOT)}; summary: {os.path.relpath(raw.with_suffix('.summary.txt'), PROJECT_ROOT)}")
+    print(f"\nsummary: {os.path.relpath(raw.with_suffix('.summary.txt'), PROJECT_ROOT)}; "
+          f"collapsed stacks: {os.path.relpath(stacks, PROJECT_ROOT)}")
     return 0
 
 
