@@ -154,8 +154,17 @@ class Warehouse:
 
         return engine
 
+    _ensured: set[str] = set()  # locations whose schema this process already checked
+
     def ensure_schema(self) -> None:
-        """Create the enum type and tables if missing (idempotent, cheap)."""
+        """Create the enum type and tables if missing (idempotent; once per process and location).
+
+        Tables are only ever created or given new columns, never dropped, so once checked a
+        location stays valid for the life of the process.
+        """
+        key = str(Path(self.location).resolve()) if self.is_local_file else self.location
+        if key in Warehouse._ensured and (not self.is_local_file or Path(self.location).exists()):
+            return
 
         def create() -> None:
             engine = self.engine()
@@ -165,3 +174,4 @@ class Warehouse:
                 engine.dispose()
 
         self._with_lock_wait(create, "create schema")
+        Warehouse._ensured.add(key)

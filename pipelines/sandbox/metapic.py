@@ -279,9 +279,9 @@ class MetapicCampaigns:
         return p.initial
 
     def daily_clicks(self, offer: Offer, p: Participant, day: date) -> int:
-        """Clicks of one participant on one UTC day (so far, for today)."""
+        """Clicks of one participant on one UTC day (so far, for today); none after the offer ended."""
         start = _day_start(day)
-        now = self.now
+        now = min(self.now, offer.frozen_at)
         if start > now or start < p.joined.replace(hour=0, minute=0, second=0) or offer.status_at(start) != "active":
             return 0
         if self.participant_status(offer, p, start) not in CLICKING:
@@ -438,11 +438,26 @@ class NotFound(Exception):
     pass
 
 
+# The fields schema-drift tests change (see pipelines.sandbox.faults.DriftPlan), per list.
+# Participants may have no id: their drift key is the first identifying field present.
+DRIFT_FIELDS = {
+    "/v2/offers?": {
+        "key": "id", "optional": "token", "typed": ("store_id", "store-17"),
+        "enum": ("status", "archived"),
+    },
+    "/participants?": {
+        "key": ("id", "user_id", "pre_registered_identifier", "display_name"), "optional": "display_name",
+        "typed": ("clicks", "many"), "enum": ("status", "invited"),
+    },
+}
+
+
 class MetapicApi:
     """The Metapic API v2 routes the warehouse reads. ``rate_limit``/``rate_window`` are settable."""
 
     name = "metapic"
     prefix = "/metapic"
+    pagination = "laravel"
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
@@ -469,6 +484,12 @@ class MetapicApi:
 
     def env(self, base_url: str) -> dict[str, str]:
         return {"METAPIC_BASE_URL": base_url, "METAPIC_ACCESS_TOKEN": ACCESS_TOKEN, "METAPIC_USER_ID": str(USER_ID)}
+
+    @staticmethod
+    def records_in(body: Any) -> list[dict]:
+        """The records of a Laravel page (for schema drift); an unwrapped detail has none."""
+        data = body.get("data") if isinstance(body, dict) else None
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
     # -- plumbing --------------------------------------------------------------------------------
 
