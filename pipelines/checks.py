@@ -18,7 +18,7 @@ def _result(passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
 
 
 def run_check_query(warehouse: WarehouseResource, sql: str) -> list[tuple]:
-    with warehouse.open().connect() as con:
+    with warehouse.open().connect(read_only=True) as con:
         return con.execute(sql).fetchall()
 
 

@@ -4,9 +4,10 @@ How a sync of one stream flows:
 
 1. :meth:`StreamLoad.read_state` briefly attaches the warehouse read-only and copies what the
    fetch plan needs (the stream's cursor, the entities still open) into the staging database.
-2. Pages are appended, batched as Arrow, to a *staging* DuckDB database next to the warehouse:
-   DuckDB's JSON reader splits them into records (no Python loop per record). Memory stays flat
-   whatever the history size: DuckDB spills to disk, pages are not kept in Python.
+2. Pages are appended, batched as Arrow, to an in-memory *staging* DuckDB database: DuckDB's JSON
+   reader splits them into records (no Python loop per record). Memory stays flat whatever the
+   history size: beyond ``memory_limit`` DuckDB spills to a folder next to the warehouse, and
+   pages are not kept in Python.
 3. :meth:`StreamLoad.commit` types and validates the records in SQL (:mod:`pipelines.staging`),
    attaches the warehouse and, in one transaction, writes quarantined records, upserts only the
    rows whose content changed, closes and opens ``status_history`` intervals, and advances the
@@ -119,7 +120,9 @@ class StreamLoad:
         root = self.warehouse.staging_root
         root.mkdir(parents=True, exist_ok=True)
         self._dir = Path(tempfile.mkdtemp(prefix=f"{self.stream}-", dir=root))
-        self.con = duckdb.connect(str(self._dir / "staging.duckdb"))
+        # In memory, spilling to this run's own folder beyond memory_limit: no file to create,
+        # write and checkpoint for data that lives only until the commit.
+        self.con = duckdb.connect(":memory:")
         configure(self.con, self.warehouse.memory_limit, self.warehouse.threads)
         self.con.execute(f"SET temp_directory = '{self._dir / 'spill'}'")
         enum_values = ", ".join(f"'{v}'" for v in LIFECYCLE_STATUSES)
