@@ -55,6 +55,8 @@ def run_producers(
 
     def run(index: int, producer: Producer) -> None:
         try:
+            if stop.is_set():
+                return  # another producer failed: do not start requests nobody will use
             results[index] = producer(emit)
         except Cancelled:
             pass

@@ -273,11 +273,21 @@ def _error(code: str) -> dict[str, str]:
     return {"status": "error", "error": code}
 
 
+# The fields schema-drift tests change in list.json leads (see pipelines.sandbox.faults.DriftPlan).
+DRIFT_FIELDS = {
+    "/ext/list.json": {
+        "key": "id", "optional": "comment", "typed": ("status", {"code": 5}), "enum": ("stage", "review"),
+    },
+}
+
+
 class CpamoeApi:
     """The cpa.moe affiliate API: ``/ext/add.json`` and ``/ext/list.json``."""
 
     name = "cpamoe"
     prefix = "/cpamoe"
+    pagination = None  # list.json answers for the ids asked: there are no pages
+    private_params = ("id",)  # the query's id is {user}-{key}: never recorded
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
@@ -299,6 +309,15 @@ class CpamoeApi:
 
     def env(self, base_url: str) -> dict[str, str]:
         return {"CPAMOE_BASE_URL": base_url, "CPAMOE_USER_ID": USER_ID, "CPAMOE_API_KEY": API_KEY}
+
+    @staticmethod
+    def records_in(body: Any) -> list[dict]:
+        """The leads of a list.json answer, object or list form (add.json answers have none)."""
+        if isinstance(body, list):
+            return [r for r in body if isinstance(r, dict)]
+        if isinstance(body, dict) and body.get("status") is None:
+            return [r for r in body.values() if isinstance(r, dict)]
+        return []
 
     @staticmethod
     def _authorized(request: Request) -> bool:

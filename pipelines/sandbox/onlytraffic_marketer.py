@@ -142,11 +142,26 @@ def error_envelope(message: str, code: int) -> dict:
     return {"status": "error", "message": message, "error_code": code}
 
 
+# Per list: the fields schema-drift tests change (see pipelines.sandbox.faults.DriftPlan): the
+# record key, an optional field, a typed field with a value of the wrong type, the enum field.
+DRIFT_FIELDS = {
+    "/cpc/orders": {
+        "key": "order_id", "optional": "url", "typed": ("clicks.ordered", "lots"),
+        "enum": ("status", "paused_by_admin"),
+    },
+    "/cpl/orders": {
+        "key": "order_id", "optional": "campaign_url", "typed": ("quantity_ordered", "lots"),
+        "enum": ("status", "paused_by_admin"),
+    },
+}
+
+
 class MarketerApi:
     """The Marketer API family; each order list is an :class:`OrderBook`."""
 
     name = "onlytraffic_marketer"
     prefix = "/onlytraffic"
+    pagination = "offset"
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
@@ -170,6 +185,12 @@ class MarketerApi:
 
     def env(self, base_url: str) -> dict[str, str]:
         return {"ONLYTRAFFIC_MARKETER_BASE_URL": base_url, "ONLYTRAFFIC_MARKETER_API_KEY": API_KEY}
+
+    @staticmethod
+    def records_in(body: Any) -> list[dict]:
+        """The orders of a list response (for schema drift)."""
+        data = body.get("data") if isinstance(body, dict) else None
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
     def _lister(self, key: str):
         book = self.books[key]

@@ -167,11 +167,22 @@ def error_body(code: str, message: str) -> dict:
     return {"success": False, "error": {"code": code, "message": message}}
 
 
+# The fields schema-drift tests change (see pipelines.sandbox.faults.DriftPlan). Records carry no
+# status: an unknown one is drift that adds a status field (the pipeline lets it win).
+DRIFT_FIELDS = {
+    "/swaps/orders": {
+        "key": "order_id", "optional": "max_days", "typed": ("quantity", "lots"),
+        "enum": ("status", "frozen"),
+    },
+}
+
+
 class StudioApi:
     """The Studio API: swap orders only."""
 
     name = "onlytraffic_studio"
     prefix = "/studio"
+    pagination = "pages"
 
     # Test knobs for a misbehaving API (off by default): "ignore_page" serves page 1 whatever is
     # asked; "has_next_always" claims one more page than there is, forever.
@@ -197,6 +208,12 @@ class StudioApi:
 
     def env(self, base_url: str) -> dict[str, str]:
         return {"ONLYTRAFFIC_STUDIO_BASE_URL": base_url, "ONLYTRAFFIC_STUDIO_API_KEY": API_KEY}
+
+    @staticmethod
+    def records_in(body: Any) -> list[dict]:
+        """The swap orders of a list response (for schema drift)."""
+        data = body.get("data") if isinstance(body, dict) else None
+        return [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
 
     async def _list(self, request: Request) -> Response:
         self.sandbox.stats.request(ROUTE, str(request.query_params))

@@ -2,9 +2,10 @@
 
 Control routes (not subject to faults), all under ``/_sandbox``:
 ``GET health``, ``GET clock``, ``POST advance`` (``{"days": 1}`` or ``{"hours": 3}``),
-``GET|POST faults`` (a :class:`~pipelines.sandbox.faults.FaultPlan` as JSON),
-``GET stats`` / ``POST stats/reset`` (request and record counters), ``GET env`` (the environment
-variables that point the pipeline at this sandbox).
+``GET|POST faults`` (a :class:`~pipelines.sandbox.faults.FaultPlan` as JSON), ``GET|POST drift``
+(a :class:`~pipelines.sandbox.faults.DriftPlan`), ``GET|POST lies`` (a
+:class:`~pipelines.sandbox.faults.LiePlan`), ``GET stats`` / ``POST stats/reset`` (request and
+record counters), ``GET env`` (the environment variables that point the pipeline at this sandbox).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from pipelines.sandbox.faults import FaultInjector, FaultPlan
+from pipelines.sandbox.faults import DriftPlan, FaultInjector, FaultPlan, LiePlan, LieTeller
 from pipelines.sandbox.world import SCALES, Scale, World
 
 
@@ -48,15 +49,47 @@ class ApiModule(Protocol):
 
     def env(self, base_url: str) -> dict[str, str]: ...
 
+    # Optional hooks for schema drift and pagination lies (see pipelines.sandbox.faults):
+    # ``records_in(body) -> list[dict]`` (the records of a parsed response, to be changed in
+    # place), ``pagination`` ("offset", "pages", "laravel" or None) and ``private_params`` (query
+    # parameters holding credentials, never recorded).
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One API request as it reached the server (before any fault): when (``time.monotonic()``),
+    what (path and query, credentials removed), and the fault injected into it, if any."""
+
+    at: float
+    method: str
+    path: str
+    query: str
+    fault: str | None
+
+    @property
+    def target(self) -> str:
+        return f"{self.path}?{self.query}"
+
 
 @dataclass
 class SandboxStats:
-    """Counters tests assert on: requests per route and records served per route and filter."""
+    """Counters tests assert on: requests per route and records served per route and filter, and
+    every API request with its arrival time and injected fault (``arrivals``)."""
 
     requests: Counter = field(default_factory=Counter)
     records: Counter = field(default_factory=Counter)
     recent: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    arrivals: deque = field(default_factory=lambda: deque(maxlen=200_000))
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def arrived(self, arrival: Arrival) -> None:
+        with self.lock:
+            self.arrivals.append(arrival)
+
+    def arrivals_for(self, substring: str = "") -> list[Arrival]:
+        """Requests whose path and query contain ``substring``, in arrival order."""
+        with self.lock:
+            return [a for a in self.arrivals if substring in a.target]
 
     def request(self, route: str, query: str) -> None:
         with self.lock:
@@ -80,6 +113,7 @@ class SandboxStats:
             self.requests.clear()
             self.records.clear()
             self.recent.clear()
+            self.arrivals.clear()
 
 
 class Sandbox:
@@ -99,6 +133,8 @@ class Sandbox:
             kwargs["anchor"] = anchor
         self.world = World(**kwargs)
         self.faults = FaultInjector()
+        self.drift = DriftPlan()
+        self.lies = LieTeller()
         self.stats = SandboxStats()
         from pipelines.sandbox.registry import default_modules
 
@@ -116,6 +152,8 @@ class Sandbox:
             Route("/_sandbox/clock", lambda r: json_response({"now": self.world.now.isoformat()})),
             Route("/_sandbox/advance", self._advance, methods=["POST"]),
             Route("/_sandbox/faults", self._faults, methods=["GET", "POST"]),
+            Route("/_sandbox/drift", self._drift, methods=["GET", "POST"]),
+            Route("/_sandbox/lies", self._lies, methods=["GET", "POST"]),
             Route("/_sandbox/stats", lambda r: json_response(self.stats.snapshot())),
             Route("/_sandbox/stats/reset", self._reset_stats, methods=["POST"]),
             Route("/_sandbox/env", lambda r: json_response(self.env())),
@@ -138,6 +176,22 @@ class Sandbox:
             except (TypeError, ValueError) as exc:
                 return json_response({"error": str(exc)}, 400)
         return json_response({"plan": self.faults.plan.to_dict(), "injected": self.faults.injected})
+
+    async def _drift(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self.drift = DriftPlan.from_dict(await _json_body(request))
+            except (TypeError, ValueError) as exc:
+                return json_response({"error": str(exc)}, 400)
+        return json_response({"plan": asdict(self.drift)})
+
+    async def _lies(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self.lies.configure(LiePlan.from_dict(await _json_body(request)))
+            except (TypeError, ValueError) as exc:
+                return json_response({"error": str(exc)}, 400)
+        return json_response({"plan": asdict(self.lies.plan), "told": self.lies.told})
 
     async def _reset_stats(self, request: Request) -> Response:
         self.stats.reset()
@@ -167,6 +221,14 @@ class Sandbox:
 
     def set_faults(self, **plan: Any) -> None:
         self.faults.configure(FaultPlan.from_dict(plan))
+
+    def set_drift(self, **plan: Any) -> None:
+        """Schema drift of successful responses (no arguments: none)."""
+        self.drift = DriftPlan.from_dict(plan)
+
+    def set_lies(self, **plan: Any) -> None:
+        """Pagination lies (no arguments: none)."""
+        self.lies.configure(LiePlan.from_dict(plan))
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -224,7 +286,8 @@ async def _json_body(request: Request) -> dict:
 
 
 class FaultMiddleware:
-    """Pure ASGI middleware injecting the configured faults into API routes."""
+    """Pure ASGI middleware injecting the configured faults into API routes, and rewriting
+    successful JSON responses when schema drift or a pagination lie is switched on."""
 
     def __init__(self, app: Any, sandbox: Sandbox) -> None:
         self.app = app
@@ -238,13 +301,19 @@ class FaultMiddleware:
         module = self.sandbox.module_for(path)
         query = scope.get("query_string", b"").decode("latin-1")
         kind = self.sandbox.faults.pick(f"{path}?{query}") if module is not None else None
-        if kind is None:
-            await self.app(scope, receive, send)
-            return
+        if module is not None:
+            self.sandbox.stats.arrived(
+                Arrival(time.monotonic(), scope.get("method", ""), path, _public_query(module, query), kind)
+            )
         plan = self.sandbox.faults.plan
+        if module is not None and plan.latency > 0:
+            await asyncio.sleep(plan.latency)
+        if kind is None:
+            await self._serve(scope, receive, send, module, path, query)
+            return
         if kind == "timeout":
             await asyncio.sleep(plan.slow_seconds)
-            await self.app(scope, receive, send)
+            await self._serve(scope, receive, send, module, path, query)
             return
         if kind == "drop":
             await _send_raw(send, 200, b'{"data": [{"truncated', content_length=4096)
@@ -256,9 +325,77 @@ class FaultMiddleware:
             await _send_raw(send, int(kind), b"<html><body>Server Error</body></html>", media="text/html")
             return
         assert module is not None
-        status, body = module.error_body(kind)
-        headers = {"retry-after": f"{plan.retry_after:g}"} if kind in ("429", "error_200") else {}
+        status, body = module.error_body("auth" if kind == "403" else kind)
+        if kind == "403":
+            status = 403
+        retry_after = self.sandbox.faults.retry_after()
+        headers = {"retry-after": f"{retry_after:g}"} if kind in ("429", "error_200") else {}
         await _send_raw(send, status, orjson.dumps(body), headers=headers)
+
+    async def _serve(self, scope: dict, receive: Callable, send: Callable, module: Any, path: str, query: str) -> None:
+        """The app's response, rewritten when drift or a lie applies to this request."""
+        target = f"{path}?{query}"
+        drift = self.sandbox.drift if self.sandbox.drift.applies_to(target) else None
+        style = getattr(module, "pagination", None)
+        lies = self.sandbox.lies if style and self.sandbox.lies.wants(target) else None
+        if module is None or (drift is None or not hasattr(module, "records_in")) and lies is None:
+            await self.app(scope, receive, send)
+            return
+
+        def rewrite(content: bytes) -> bytes:
+            try:
+                body = orjson.loads(content)
+            except orjson.JSONDecodeError:
+                return content
+            changed = False
+            if drift is not None and hasattr(module, "records_in"):
+                for record in module.records_in(body):
+                    drift.apply(record)
+                    changed = True
+            if lies is not None:
+                changed = lies.rewrite(style, path, query, body) or changed
+            return orjson.dumps(body) if changed else content
+
+        await self.app(scope, receive, _RewritingSend(send, rewrite))
+
+
+class _RewritingSend:
+    """Buffers a 200 JSON response and hands it on rewritten (other responses pass through)."""
+
+    def __init__(self, send: Callable, rewrite: Callable[[bytes], bytes]) -> None:
+        self.send = send
+        self.rewrite = rewrite
+        self.start: dict | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            if message.get("status") != 200:
+                self.rewrite = None  # type: ignore[assignment]
+                await self.send(message)
+            else:
+                self.start = message
+            return
+        if message["type"] != "http.response.body" or self.rewrite is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = self.rewrite(b"".join(self.chunks))
+        assert self.start is not None
+        headers = [(k, v) for k, v in self.start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({**self.start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def _public_query(module: Any, query: str) -> str:
+    """The query string without the parameters that carry credentials (cpa.moe's ``id``)."""
+    private = getattr(module, "private_params", ())
+    if not private or not query:
+        return query
+    return "&".join(p for p in query.split("&") if p.split("=", 1)[0] not in private)
 
 
 async def _send_raw(

@@ -1,0 +1,165 @@
+"""Compare two warehouses row for row: what "the warehouse ends identical" means in the tests.
+
+A dump holds every base table of a DuckDB warehouse in a canonical order, minus what may honestly
+differ between two syncs of the same world:
+
+- ``sync_runs`` (one row per run: a retried or interrupted sync has more runs, and more requests);
+- ``run_id`` / ``last_run_id`` (Dagster's run ids) and ``cpamoe_lead_files.loaded_at`` (wall clock).
+
+Everything else, including ``synced_at``, ``first_seen_at``, ``valid_from``/``valid_to`` and the
+cursors, is compared: the tests freeze the warehouse clock (``WAREHOUSE_NOW``) to the sandbox's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+SKIPPED_TABLES = frozenset({"sync_runs"})
+VOLATILE_COLUMNS = {"*": frozenset({"run_id", "last_run_id"}), "cpamoe_lead_files": frozenset({"loaded_at"})}
+ENTITY_KEYS = {
+    "cpc_orders": ("order_id",),
+    "cpl_orders": ("order_id",),
+    "swap_orders": ("order_id",),
+    "swap_order_sides": ("order_id", "side"),
+    "cpamoe_leads": ("lead_id",),
+    "metapic_offers": ("offer_id",),
+    "metapic_participants": ("offer_id", "participant_key"),
+}
+
+
+@dataclass
+class Table:
+    columns: tuple[str, ...]
+    rows: list[tuple]
+
+    def where(self, **equals) -> list[tuple]:
+        index = {c: i for i, c in enumerate(self.columns)}
+        return [r for r in self.rows if all(r[index[k]] == v for k, v in equals.items())]
+
+
+Dump = dict[str, Table]
+
+
+def connect_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _hashable(value):
+    return repr(value) if isinstance(value, list | dict) else value
+
+
+def dump(path: Path | str, *, skip: frozenset[str] = SKIPPED_TABLES) -> Dump:
+    """Every base table (but ``skip``), volatile columns left out, rows sorted."""
+    with connect_read_only(path) as con:
+        tables = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_type = 'BASE TABLE' AND table_schema = 'main' ORDER BY 1"
+            ).fetchall()
+        ]
+        result: Dump = {}
+        for table in tables:
+            if table in skip:
+                continue
+            volatile = VOLATILE_COLUMNS["*"] | VOLATILE_COLUMNS.get(table, frozenset())
+            columns = [
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                    "ORDER BY ordinal_position",
+                    [table],
+                ).fetchall()
+                if r[0] not in volatile
+            ]
+            select = ", ".join(f'"{c}"' for c in columns)
+            rows = con.execute(f'SELECT {select} FROM "{table}" ORDER BY ALL').fetchall()
+            result[table] = Table(tuple(columns), [tuple(map(_hashable, r)) for r in rows])
+    return result
+
+
+def differences(a: Dump, b: Dump, *, tables: list[str] | None = None, sample: int = 3) -> list[str]:
+    """What differs between two dumps (empty when they are identical), readable in a failure."""
+    problems = []
+    names = tables if tables is not None else sorted(set(a) | set(b))
+    for name in names:
+        if name not in a or name not in b:
+            problems.append(f"{name}: only in {'the first' if name in a else 'the second'} warehouse")
+            continue
+        ta, tb = a[name], b[name]
+        if ta.columns != tb.columns:
+            problems.append(f"{name}: columns differ {ta.columns} vs {tb.columns}")
+            continue
+        if ta.rows == tb.rows:
+            continue
+        rows_a, rows_b = set(ta.rows), set(tb.rows)
+        only_a = [r for r in ta.rows if r not in rows_b]
+        only_b = [r for r in tb.rows if r not in rows_a]
+        problems.append(
+            f"{name}: {len(ta.rows)} vs {len(tb.rows)} rows; {len(only_a)} only in the first "
+            f"(e.g. {only_a[:sample]}), {len(only_b)} only in the second (e.g. {only_b[:sample]})"
+        )
+    return problems
+
+
+def assert_same(a: Dump, b: Dump, *, tables: list[str] | None = None) -> None:
+    problems = differences(a, b, tables=tables)
+    assert not problems, "warehouses differ:\n" + "\n".join(problems)
+
+
+def integrity_problems(path: Path | str) -> list[str]:
+    """What a consistent warehouse never has: duplicate keys, history intervals that overlap, leave
+    gaps or lack exactly one current row, entities without history, cursors without data."""
+    problems = []
+    with connect_read_only(path) as con:
+        existing = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        for table, key in ENTITY_KEYS.items():
+            if table not in existing:
+                continue
+            cols = ", ".join(key)
+            dupes = con.execute(
+                f"SELECT count(*) FROM (SELECT {cols} FROM {table} GROUP BY ALL HAVING count(*) > 1)"
+            ).fetchone()[0]
+            if dupes:
+                problems.append(f"{table}: {dupes} duplicated key(s)")
+        history = con.execute(
+            """
+            WITH h AS (
+                SELECT source, entity_id, valid_from, valid_to,
+                       lead(valid_from) OVER w AS next_from,
+                       row_number() OVER w AS n, count(*) OVER (PARTITION BY source, entity_id) AS total
+                FROM status_history
+                WINDOW w AS (PARTITION BY source, entity_id ORDER BY valid_from, valid_to NULLS LAST)
+            )
+            SELECT source, count(*) FROM h
+            WHERE valid_to < valid_from
+               OR (next_from IS NOT NULL AND valid_to IS DISTINCT FROM next_from)
+               OR (n = total AND valid_to IS NOT NULL)
+               OR (n < total AND valid_to IS NULL)
+            GROUP BY ALL
+            """
+        ).fetchall()
+        problems += [f"status_history {source}: {n} interval(s) overlap, leave a gap or are not current" for source, n in history]
+        for table, source in (("cpc_orders", "cpc"), ("cpl_orders", "cpl"), ("swap_orders", "swap")):
+            if table not in existing:
+                continue
+            missing = con.execute(
+                f"SELECT count(*) FROM {table} AS t WHERE source_status IS NOT NULL AND NOT EXISTS "
+                f"(SELECT 1 FROM status_history AS h WHERE h.source = '{source}' AND h.entity_id = t.order_id "
+                "AND h.valid_to IS NULL AND h.source_status = t.source_status)"
+            ).fetchone()[0]
+            if missing:
+                problems.append(f"{table}: {missing} row(s) whose status has no current history interval")
+            ahead = con.execute(
+                f"""SELECT count(*) FROM sync_state
+                    WHERE stream = '{table}' AND CAST(json_extract_string(cursor, '$.created_watermark') AS TIMESTAMPTZ)
+                          > coalesce((SELECT max(created_at) FROM {table}), TIMESTAMPTZ '-infinity')"""
+            ).fetchone()[0]
+            if ahead:
+                problems.append(f"{table}: the cursor is ahead of the newest committed order")
+    return problems
