@@ -124,10 +124,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:
-                    print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
+                    print(f"FAILED {event.step_key}: {_root_cause(event.step_failure_data.error)}")
             return 1
         print_summary(env("WAREHOUSE_PATH"))
     return 0
+
+
+def _root_cause(error) -> str:
+    """The error that started a step failure (Dagster wraps it), in one line."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -228,6 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     submit.set_defaults(func=cmd_submit_lead)
 
     args = parser.parse_args(argv)
+    if args.command in ("run", "ui"):
+        from pipelines.config_check import config_problems
+
+        problems = config_problems()
+        for problem in problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
     return args.func(args)
 
 

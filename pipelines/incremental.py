@@ -34,6 +34,7 @@ class WalkOutcome:
     complete: bool  # the list was read to its end
     out_of_order: bool = False  # pages were not newest-first: an early stop would be unsafe
     warnings: list[str] = field(default_factory=list)
+    degraded: bool = False  # pagination misbehaved (e.g. an empty page before the end): not whole
 
 
 class StatusListing(Protocol):

@@ -13,6 +13,7 @@ from typing import ClassVar
 import dagster as dg
 from pydantic import Field as PydanticField
 
+from pipelines.config_check import config_problems
 from pipelines.http import ApiClient, RateLimiter, Redactor, RetryPolicy
 from pipelines.warehouse import Warehouse
 
@@ -31,6 +32,9 @@ def _float_env(name: str, default: float) -> float:
 
 def retry_policy_from_env() -> RetryPolicy:
     """HTTP_TIMEOUT_SECONDS, HTTP_MAX_ATTEMPTS, HTTP_BACKOFF_BASE_SECONDS, HTTP_MAX_RETRY_AFTER_SECONDS."""
+    problems = [p for p in config_problems() if p.startswith("HTTP_")]
+    if problems:  # e.g. a negative timeout would fail deep inside the socket layer
+        raise ValueError("; ".join(problems))
     return RetryPolicy(
         max_attempts=int(_float_env("HTTP_MAX_ATTEMPTS", 6)),
         backoff_base=_float_env("HTTP_BACKOFF_BASE_SECONDS", 0.5),
@@ -75,6 +79,7 @@ class _ApiResource(dg.ConfigurableResource):
 
     source_name: ClassVar[str] = ""
     credential_vars: ClassVar[tuple[str, ...]] = ()
+    base_url_var: ClassVar[str] = "the base URL"
 
     def credentials(self) -> dict[str, str | None]:
         raise NotImplementedError
@@ -90,7 +95,9 @@ class _ApiResource(dg.ConfigurableResource):
 
     def _client(self, *, headers: dict[str, str], envelope, on_retry=None, rate_limiter=None) -> ApiClient:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"{self.source_name}: base URL {self.base_url!r} must start with http:// or https://")
+            raise ValueError(
+                f"{self.source_name}: {self.base_url_var}={self.base_url!r} must start with http:// or https://"
+            )
         return ApiClient(
             name=self.source_name,
             base_url=self.base_url,
@@ -109,6 +116,7 @@ class OnlyTrafficMarketerResource(_ApiResource):
     """OnlyTraffic Marketer API (``ONLYTRAFFIC_MARKETER_BASE_URL``, ``ONLYTRAFFIC_MARKETER_API_KEY``)."""
 
     api_key: str | None = None
+    base_url_var: ClassVar[str] = "ONLYTRAFFIC_MARKETER_BASE_URL"
     source_name: ClassVar[str] = "OnlyTraffic Marketer API"
     credential_vars: ClassVar[tuple[str, ...]] = ("ONLYTRAFFIC_MARKETER_API_KEY",)
 
@@ -130,6 +138,7 @@ class OnlyTrafficStudioResource(_ApiResource):
     """OnlyTraffic Studio API (``ONLYTRAFFIC_STUDIO_BASE_URL``, ``ONLYTRAFFIC_STUDIO_API_KEY``)."""
 
     api_key: str | None = None
+    base_url_var: ClassVar[str] = "ONLYTRAFFIC_STUDIO_BASE_URL"
     source_name: ClassVar[str] = "OnlyTraffic Studio API"
     credential_vars: ClassVar[tuple[str, ...]] = ("ONLYTRAFFIC_STUDIO_API_KEY",)
 
@@ -157,6 +166,7 @@ class CpamoeResource(_ApiResource):
     user_id: str | None = None
     api_key: str | None = None
     leads_dir: str = "data/cpamoe_leads"
+    base_url_var: ClassVar[str] = "CPAMOE_BASE_URL"
     source_name: ClassVar[str] = "cpa.moe affiliate API"
     credential_vars: ClassVar[tuple[str, ...]] = ("CPAMOE_USER_ID", "CPAMOE_API_KEY")
 
@@ -191,6 +201,7 @@ class MetapicResource(_ApiResource):
     user_id: str | None = None
     rate_limit: int = 300
     rate_window_seconds: float = 60.0
+    base_url_var: ClassVar[str] = "METAPIC_BASE_URL"
     source_name: ClassVar[str] = "Metapic API v2"
     credential_vars: ClassVar[tuple[str, ...]] = ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
 

@@ -93,3 +93,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield w
     finally:
         sandbox.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # slow: long reliability tests (load, crash, concurrency); still part of `make test`
+    config.addinivalue_line("markers", "slow: a long test; deselect with -m 'not slow'")

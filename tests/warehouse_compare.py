@@ -102,9 +102,13 @@ def differences(a: Dump, b: Dump, *, tables: list[str] | None = None, sample: in
         only_b = [r for r in tb.rows if r not in rows_a]
         problems.append(
             f"{name}: {len(ta.rows)} vs {len(tb.rows)} rows; {len(only_a)} only in the first "
-            f"(e.g. {only_a[:sample]}), {len(only_b)} only in the second (e.g. {only_b[:sample]})"
+            f"(e.g. {_short(only_a[:sample])}), {len(only_b)} only in the second (e.g. {_short(only_b[:sample])})"
         )
     return problems
+
+
+def _short(rows: list[tuple], width: int = 160) -> str:
+    return "; ".join(repr(r)[:width] for r in rows)
 
 
 def assert_same(a: Dump, b: Dump, *, tables: list[str] | None = None) -> None:
@@ -114,7 +118,8 @@ def assert_same(a: Dump, b: Dump, *, tables: list[str] | None = None) -> None:
 
 def integrity_problems(path: Path | str) -> list[str]:
     """What a consistent warehouse never has: duplicate keys, history intervals that overlap, leave
-    gaps or lack exactly one current row, entities without history, cursors without data."""
+    gaps or lack exactly one current row, entities without history, a cursor ahead of what was
+    received (rows and quarantined records)."""
     problems = []
     with connect_read_only(path) as con:
         existing = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -155,10 +160,15 @@ def integrity_problems(path: Path | str) -> list[str]:
             ).fetchone()[0]
             if missing:
                 problems.append(f"{table}: {missing} row(s) whose status has no current history interval")
+            # what was received: the rows, and the records quarantined with their reason
+            newest = f"""greatest(
+                coalesce((SELECT max(created_at) FROM {table}), TIMESTAMPTZ '-infinity'),
+                coalesce((SELECT max(TRY_CAST(json_extract_string(raw, '$.created_at') AS TIMESTAMPTZ))
+                          FROM quarantine WHERE stream = '{table}'), TIMESTAMPTZ '-infinity'))"""
             ahead = con.execute(
                 f"""SELECT count(*) FROM sync_state
-                    WHERE stream = '{table}' AND CAST(json_extract_string(cursor, '$.created_watermark') AS TIMESTAMPTZ)
-                          > coalesce((SELECT max(created_at) FROM {table}), TIMESTAMPTZ '-infinity')"""
+                    WHERE stream = '{table}'
+                      AND CAST(json_extract_string(cursor, '$.created_watermark') AS TIMESTAMPTZ) > {newest}"""
             ).fetchone()[0]
             if ahead:
                 problems.append(f"{table}: the cursor is ahead of the newest committed order")

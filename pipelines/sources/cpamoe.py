@@ -24,7 +24,9 @@ Docs: ``shared/api-docs/cpamoe-affiliate-api.md``. What matters for correctness:
 - An id we asked for that the response lacks is recorded as not found (``found`` false,
   ``not_found_at`` since when), keeping its last known stage; this is not a status change (no
   ``status_history`` row) and the lead keeps being polled. A record for an id we did not ask for,
-  or a value that is not an object, goes to ``quarantine`` (stream ``cpamoe_leads``).
+  a value that is not an object, or a lead with a field of the wrong JSON type (a code that is not
+  a number or numeric string, a stage that is not a string...) goes to ``quarantine`` (stream
+  ``cpamoe_leads``) with the reason; the lead keeps its last known state.
 - Customer phone, e-mail, IP, name, user agent and address are removed from every stored record.
 """
 
@@ -191,6 +193,43 @@ def polled_snapshot_sql(full_refresh: bool) -> str:
 
 _NULL_PERSONAL = "{" + ", ".join(f'"{f}": null' for f in PERSONAL_FIELDS) + "}"
 
+
+def _wrong_types_sql(item: str = "item") -> str:
+    """Why a lead record has a field of the wrong JSON type (NULL when none has): such a record
+    is quarantined, never read leniently into NULLs. Codes may be numbers or numeric strings."""
+
+    def jt(path: str) -> str:
+        return f"json_type({item}, '{path}')"
+
+    def js(path: str) -> str:
+        return f"json_extract_string({item}, '{path}')"
+
+    def code_ok(path: str) -> str:
+        whole = f"TRY_CAST({js(path)} AS DOUBLE) = floor(TRY_CAST({js(path)} AS DOUBLE))"
+        numeric = f"regexp_full_match(trim({js(path)}), '-?[0-9]{{1,18}}(\\.0*)?')"
+        return (
+            f"({jt(path)} IN ('NULL', 'BIGINT', 'UBIGINT') OR ({jt(path)} = 'DOUBLE' AND {whole}) "
+            f"OR ({jt(path)} = 'VARCHAR' AND {numeric}))"
+        )
+
+    rules = {
+        "uid": ("id", lambda p: f"{jt(p)} IN ('NULL', 'BIGINT', 'UBIGINT', 'VARCHAR')"),
+        "src": ("id", lambda p: f"{jt(p)} IN ('NULL', 'BIGINT', 'UBIGINT', 'VARCHAR')"),
+        "stage": ("string", lambda p: f"{jt(p)} IN ('NULL', 'VARCHAR')"),
+        "status": ("integer", code_ok),
+        "reason": ("integer", code_ok),
+        "count": ("integer", code_ok),
+        "comment": ("string", lambda p: f"{jt(p)} IN ('NULL', 'VARCHAR')"),
+    }
+    reasons = [
+        f"CASE WHEN {jt(f'$.{name}')} IS NOT NULL AND NOT {ok(f'$.{name}')} "
+        f"THEN '{name} ($.{name}): expected {kind}, got ' || {jt(f'$.{name}')} "
+        f"|| coalesce(': ' || left({js(f'$.{name}')}, 60), '') END"
+        for name, (kind, ok) in rules.items()
+    ]
+    return "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')"
+
+
 # Every returned lead, matched to the id we asked for: by the object key, else by its ``id``.
 ITEMS_SQL = f"""
 CREATE OR REPLACE TABLE cpamoe_items AS
@@ -211,7 +250,8 @@ SELECT seq, pos, prev_stage AS listed_status, lead_id AS matched_id, prev_uid,
        coalesce(obj_key, rec_id) AS returned_id,
        CASE WHEN json_type(item) = 'OBJECT' THEN json_merge_patch(item, '{_NULL_PERSONAL}') ELSE item END AS rec,
        CASE WHEN json_type(item) <> 'OBJECT' THEN 'not a lead object'
-            WHEN lead_id IS NULL THEN 'lead id not asked for in this request' END AS problem
+            WHEN lead_id IS NULL THEN 'lead id not asked for in this request'
+            ELSE {_wrong_types_sql()} END AS problem
 FROM resolved
 """
 
@@ -255,7 +295,7 @@ SET found = s.found,
     synced_at = CASE WHEN t.found IS DISTINCT FROM s.found THEN $now ELSE t.synced_at END,
     run_id = CASE WHEN t.found IS DISTINCT FROM s.found THEN $run ELSE t.run_id END,
     last_checked_at = $now
-FROM (SELECT p.lead_id, p.lead_id IN (SELECT matched_id FROM cpamoe_items WHERE problem IS NULL) AS found
+FROM (SELECT p.lead_id, p.lead_id IN (SELECT matched_id FROM cpamoe_items WHERE matched_id IS NOT NULL) AS found
       FROM polled AS p) AS s
 WHERE t.lead_id = s.lead_id
 """
@@ -352,6 +392,7 @@ def sync_lead_statuses(
             batches.close()
         load.flush()
         load.con.execute(ITEMS_SQL)
+        quarantined = load.con.execute("SELECT count(*) FROM cpamoe_items WHERE problem IS NOT NULL").fetchone()[0]
         warnings = _poll_warnings(load.con)
         for warning in warnings:
             log(f"warning: {warning}")
@@ -366,6 +407,7 @@ def sync_lead_statuses(
             business_sql=BUSINESS_SQL,
             after_merge=_after_poll(run_id),
         )
+        result.primary.quarantined += quarantined  # written by after_merge, not by the spec
     return SyncReport(
         stream=LEADS_STREAM,
         mode=mode,
@@ -383,7 +425,7 @@ def _poll_warnings(con: duckdb.DuckDBPyConnection) -> list[str]:
         "SELECT count(*), string_agg(lead_id, ', ' ORDER BY lead_id) FILTER (WHERE n <= 5) FROM "
         "(SELECT lead_id, row_number() OVER (ORDER BY lead_id) AS n FROM polled "
         " WHERE found IS DISTINCT FROM false "
-        "   AND lead_id NOT IN (SELECT matched_id FROM cpamoe_items WHERE problem IS NULL))"
+        "   AND lead_id NOT IN (SELECT matched_id FROM cpamoe_items WHERE matched_id IS NOT NULL))"
     ).fetchone()
     if newly_missing[0]:
         warnings.append(

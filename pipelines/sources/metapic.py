@@ -46,6 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import duckdb
+import orjson
 
 from models.status import status_case_sql
 from pipelines.fetch import Emit, run_producers
@@ -111,9 +112,17 @@ def walk_pages(
     size: int,
     allow_not_found: bool = False,
 ) -> ListWalk:
-    """Emit every page of a Laravel-paginated list, following ``meta.last_page``."""
+    """Emit every page of a Laravel-paginated list, following ``meta.last_page``.
+
+    A page that repeats the previous one, or comes back empty before the last page, is asked for
+    once more before the walk gives up on the list (not complete, with a warning); a total that
+    changes between pages is reported.
+    """
     walk = ListWalk(label)
     page = 1
+    previous_hash: int | None = None
+    first_total: int | None = None
+    asked_again: str | None = None  # what was wrong with the page asked for once more
     while True:
         try:
             response = client.get(path, params={**params, "size": size, "page": page})
@@ -129,19 +138,38 @@ def walk_pages(
             raise ApiError(f"{label}: 'data' is a {type(records).__name__}, not a list")
         meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
         links = body.get("links") if isinstance(body.get("links"), dict) else {}
+        total, last_page, current = (_int(meta.get(k)) for k in ("total", "last_page", "current_page"))
+        more = page < last_page if last_page is not None else bool(links.get("next"))
+        page_hash = hash(orjson.dumps(records)) if records else None
+        repeated = page_hash is not None and page_hash == previous_hash
+        # empty, although more pages follow or the total says records are still to come
+        hollow = not records and (more or (total is not None and walk.records < total))
+        if (repeated or hollow) and asked_again is None:
+            # a glitch or a lie: ask for the same page once more
+            asked_again = "repeated the previous page" if repeated else "came back empty"
+            continue
+        if asked_again is not None and not repeated and records:
+            walk.warnings.append(f"{label}: page {page} {asked_again} once; read again")
+        if repeated:
+            walk.warnings.append(f"{label}: page {page} repeated the previous page; list not complete")
+            return walk
+        asked_again = None
+        previous_hash = page_hash
         emit(Page(response.content, len(records), label=label))
         walk.records += len(records)
         walk.pages += 1
-        total, last_page, current = (_int(meta.get(k)) for k in ("total", "last_page", "current_page"))
         if total is not None:
+            if first_total is None:
+                first_total = total
+            elif total != first_total and walk.total == first_total:
+                walk.warnings.append(
+                    f"{label}: total changed from {first_total} to {total} between pages "
+                    "(the list moved while it was read)"
+                )
             walk.total = total
         if current is not None and current != page:
             walk.warnings.append(f"{label}: asked for page {page}, got page {current}; list not complete")
             return walk
-        if last_page is not None:
-            more = page < last_page
-        else:  # no meta: trust links.next, else this was the only page
-            more = bool(links.get("next"))
         if more and not records:
             walk.warnings.append(f"{label}: page {page} is empty before the last page; list not complete")
             return walk

@@ -97,11 +97,18 @@ class OffsetStatusListing:
         self.optional_statuses = optional_statuses
 
     def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
+        """Read one status list page by page. The API gives no total, so a page is trusted only
+        after checks: a page repeating the previous one is asked for again (up to 3 times), and an
+        EMPTY page after full ones is asked for again, then the next page is probed, before the
+        list is believed to end there (a short non-empty page ends it at once)."""
         outcome = WalkOutcome(status, complete=False)
+        label = f"{self.label}:{status}"
         offset = 0
         previous_keys: set = set()
         previous_oldest: datetime | None = None
         repeats = 0
+        empty_checks = 0  # 1: the empty page was asked again; 2: the next page was probed
+        hole_at: int | None = None
         limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
         while True:
             params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
@@ -111,8 +118,7 @@ class OffsetStatusListing:
                 if offset == 0 and status in self.optional_statuses and err.status_code == 422:
                     outcome.complete = True
                     outcome.warnings.append(
-                        f"{self.label}:{status}: the API rejected this status filter ({err.reason}); "
-                        "treated as an empty list"
+                        f"{label}: the API rejected this status filter ({err.reason}); treated as an empty list"
                     )
                     return outcome
                 raise
@@ -120,19 +126,31 @@ class OffsetStatusListing:
             keys = {r.get(self.key) for r in records if isinstance(r, dict)}
             if records and keys and keys == previous_keys:
                 repeats += 1
-                outcome.warnings.append(
-                    f"{self.label}:{status}: page at offset {offset} repeated the previous page"
-                )
+                outcome.warnings.append(f"{label}: page at offset {offset} repeated the previous page; asked again")
                 if repeats >= 3:
-                    outcome.warnings.append(
-                        f"{self.label}:{status}: pagination stuck at offset {offset}; list not complete"
-                    )
+                    outcome.warnings.append(f"{label}: pagination stuck at offset {offset}; list not complete")
                     return outcome
-            else:
-                repeats = 0
-            emit(Page(response.content, len(records), listed_status=status, label=f"{self.label}:{status}"))
+                continue  # the same offset again: its own records are still to come
+            repeats = 0
+            if not records and offset > 0 and empty_checks < 2:
+                empty_checks += 1
+                if empty_checks == 2:  # empty twice: does the list go on after it?
+                    hole_at = offset
+                    offset += limit
+                continue
+            if records and empty_checks:
+                if hole_at is None:
+                    outcome.warnings.append(f"{label}: page at offset {offset} came back empty once; read again")
+                else:
+                    outcome.warnings.append(
+                        f"{label}: empty page at offset {hole_at} before the end of the list; "
+                        f"orders from {hole_at} to {hole_at + limit - 1} may be missing; list not complete"
+                    )
+                    outcome.degraded = True
+                empty_checks, hole_at = 0, None
+            emit(Page(response.content, len(records), listed_status=status, label=label))
             if len(records) < limit:
-                outcome.complete = True
+                outcome.complete = not outcome.degraded
                 return outcome
             if since is not None:
                 times = [record_time(r) for r in records if isinstance(r, dict)]

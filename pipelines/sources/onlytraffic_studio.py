@@ -119,6 +119,11 @@ class _WalkState:
     def warn(self, message: str) -> None:
         self.outcome.warnings.append(f"{self.label}: {message}")
 
+    def unobserve(self, page: _Fetched) -> None:
+        """A page read again: its first reading does not count."""
+        with self.lock:
+            self.records -= page.records
+
 
 class PageStatusListing:
     """One ``page``/``page_size`` list per status filter (the Studio API's pagination).
@@ -218,8 +223,20 @@ class PageStatusListing:
         last = first
         if planned and planned > 1:
             pages = self._fetch_concurrently(params, range(2, planned + 1), emit, status, state)
+            suspicious = _suspicious(first, pages, planned)
+            if suspicious:  # an empty or repeated page may be a glitch: each is asked for once more
+                again = {n: self._fetch(params, n, emit, status) for n in sorted(suspicious)}
+                for page in pages:
+                    if page.number in again:
+                        state.unobserve(page)
+                        state.observe(again[page.number])
+                pages = [again.get(p.number, p) for p in pages]
+                still = _suspicious(first, pages, planned)
+                for number, what in sorted(suspicious.items()):
+                    if number not in still:
+                        state.warn(f"page {number} {what}; read again")
             seen: dict[int, int] = {first.keys: 1} if first.keys else {}
-            empty = [p.number for p in pages if p.records == 0 and p.number < planned]
+            empty = [p.number for p in pages if p.records == 0 and p.number <= planned]
             repeated = []
             for page in pages:
                 if page.keys and page.keys in seen:
@@ -239,22 +256,33 @@ class PageStatusListing:
         number = last.number
         previous_keys = last.keys
         repeats = 0
+        empty_again = False
         while number < cap:
             number += 1
             page = self._fetch(params, number, emit, status)
             state.observe(page)
             if page.keys and page.keys == previous_keys:
                 repeats += 1
-                state.degraded = True
-                state.warn(f"page {number} repeated the previous page")
+                state.unobserve(page)
+                state.warn(f"page {number} repeated the previous page; asked again")
                 if repeats >= 3:
+                    state.degraded = True
                     state.warn(f"pagination stuck at page {number}; list not complete")
                     return self._finish(state, complete=False)
-            else:
-                repeats = 0
+                number -= 1  # the same page again: its own records are still to come
+                continue
+            repeats = 0
             previous_keys = page.keys
+            before_end = page.records == 0 and page.total_pages is not None and number <= page.total_pages
+            if before_end and not empty_again:  # may be a glitch: asked for once more
+                empty_again = True
+                number -= 1
+                continue
+            if page.records and empty_again:
+                state.warn(f"page {number} came back empty once; read again")
+            empty_again = False
             if self._is_last(page):
-                if page.records == 0 and page.total_pages is not None and number <= page.total_pages:
+                if before_end:
                     state.degraded = True
                     state.warn(f"page {number} of {page.total_pages} was empty; stopped there")
                 return self._finish(state, complete=True)
@@ -293,10 +321,27 @@ class PageStatusListing:
 
     def _finish(self, state: _WalkState, *, complete: bool) -> WalkOutcome:
         state.outcome.complete = complete and not state.degraded
+        state.outcome.degraded = state.degraded
+        if state.degraded:
+            state.warn("pagination misbehaved; list not complete")
         total = state.first_total
         if complete and total is not None and not state.warned_total and state.records != total:
             state.warn(f"served {state.records} record(s) but announced a total of {total}")
         return state.outcome
+
+
+def _suspicious(first: _Fetched, pages: list[_Fetched], planned: int) -> dict[int, str]:
+    """Pages of a planned walk that look wrong: empty although page 1 announced it (every page
+    up to ``total_pages`` has records), or repeating an earlier page (number -> what is wrong)."""
+    seen: dict[int, int] = {first.keys: 1} if first.keys else {}
+    found = {}
+    for page in pages:
+        if page.records == 0 and page.number <= planned:
+            found[page.number] = "came back empty"
+        elif page.keys and page.keys in seen:
+            found[page.number] = f"repeated page {seen[page.keys]}"
+        seen.setdefault(page.keys, page.number)
+    return found
 
 
 def _int_or_none(value: Any) -> int | None:
