@@ -103,9 +103,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pipelines import progress
     from pipelines.definitions import build_defs, full_refresh_run_config
+    from pipelines.run_recovery import recover_killed_runs, run_lock
     from pipelines.summary import print_summary
 
-    ensure_dagster_home()
+    home = ensure_dagster_home()
     with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
         report_sources(sandbox_env)
         print(f"Warehouse: {env('WAREHOUSE_PATH')}\n")
@@ -118,9 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         print("Syncing (the run is recorded in the Dagster instance; `make ui` shows it):")
         with dg.DagsterInstance.get() as instance:
-            result = job.execute_in_process(
-                run_config=run_config, instance=instance, raise_on_error=False
-            )
+            for run_id in recover_killed_runs(instance, home):
+                print(f"  note: run {run_id} was killed before it finished: marked failed, its pool slots freed")
+            with run_lock(home) as run_id:
+                result = job.execute_in_process(
+                    run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
+                )
         if not result.success:
             for event in result.all_events:
                 if event.is_step_failure:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +33,7 @@ import pyarrow as pa
 from models.status import LIFECYCLE_STATUSES
 from pipelines.clock import utc_now
 from pipelines.staging import TableSpec, typed_select_sql
+from pipelines.staging_dirs import StagingDir
 from pipelines.warehouse import Warehouse, configure
 
 log = logging.getLogger(__name__)
@@ -113,13 +112,14 @@ class StreamLoad:
         self._seq = 0
         self.con: duckdb.DuckDBPyConnection | None = None
         self._dir: Path | None = None
+        self._staging: StagingDir | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> StreamLoad:
-        root = self.warehouse.staging_root
-        root.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix=f"{self.stream}-", dir=root))
+        # This run's own folder (the folders of killed runs are removed first: staging_dirs).
+        self._staging = StagingDir(self.warehouse.staging_root, prefix=f"{self.stream}-")
+        self._dir = self._staging.path
         # In memory, spilling to this run's own folder beyond memory_limit: no file to create,
         # write and checkpoint for data that lives only until the commit.
         self.con = duckdb.connect(":memory:")
@@ -137,8 +137,9 @@ class StreamLoad:
         if self.con is not None:
             self.con.close()
             self.con = None
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        if self._staging is not None:
+            self._staging.remove()
+            self._staging = None
 
     # -- before fetching ---------------------------------------------------------------------
 
