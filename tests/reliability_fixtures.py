@@ -166,12 +166,13 @@ class Site:
         base.pop("DAGSTER_HOME", None)
         return {**base, **self.env(), "DAGSTER_HOME": str(self.dagster_home), "PYTHONUNBUFFERED": "1", **overrides}
 
-    def spawn(self, args: list[str], *, name: str, **env_overrides: str) -> Spawned:
-        """Start ``args`` (e.g. the CLI) in a process of its own, output captured to files."""
+    def spawn(self, args: list[str], *, name: str, cwd: Path | None = None, **env_overrides: str) -> Spawned:
+        """Start ``args`` (e.g. the CLI) in a process of its own, output captured to files; in
+        this site's folder (no stray ``.env``) unless ``cwd`` says otherwise."""
         out = (self.root / f"{name}.stdout").open("wb")
         err = (self.root / f"{name}.stderr").open("wb")
         proc = subprocess.Popen(
-            args, cwd=self.root, env=self.subprocess_env(**env_overrides), stdout=out, stderr=err,
+            args, cwd=cwd or self.root, env=self.subprocess_env(**env_overrides), stdout=out, stderr=err,
             start_new_session=True,
         )
         return Spawned(proc, self.root / f"{name}.stdout", self.root / f"{name}.stderr", [out, err])
