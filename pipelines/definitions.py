@@ -13,6 +13,7 @@ import dagster as dg
 from pipelines.assets import cpamoe, marts, metapic, onlytraffic
 from pipelines.assets.views import SHARED_TABLES, build_view_assets
 from pipelines.checks import history_intervals_check, sql_check
+from pipelines.schedules import OperationsSettings, automation_sensor, build_schedules, with_freshness
 from pipelines.resources import (
     CpamoeResource,
     MetapicResource,
@@ -149,7 +150,15 @@ def _mart_checks(view_assets: list[dg.AssetsDefinition]) -> list[dg.AssetChecksD
     return checks
 
 
+# Daily-partitioned jobs materialized for their latest complete day (pipelines/schedules.py).
+LATEST_DAY_JOBS = {
+    "swap_orders_latest_day": onlytraffic.swap_orders_by_created_day_job,
+    "metapic_daily_stats_latest_day": metapic.metapic_participant_daily_stats_job,
+}
+
+
 def build_defs() -> dg.Definitions:
+    settings = OperationsSettings.from_env()
     feed_assets = [a for m in SOURCE_MODULES for a in m.ASSETS]
     view_assets = build_view_assets(_table_producers([*feed_assets, *marts.ASSETS]))
     sync_all = dg.define_asset_job(
@@ -158,12 +167,26 @@ def build_defs() -> dg.Definitions:
         description="Materialize every current-state ingestion asset, then the views.",
         executor_def=dg.in_process_executor,
     )
+    daily_keys = {key for job in LATEST_DAY_JOBS.values() for key in job.selection.resolve(feed_assets)}
+    scheduled_jobs = {job.name for job in LATEST_DAY_JOBS.values()}
     return dg.Definitions(
-        assets=[*feed_assets, *marts.ASSETS, *view_assets],
+        assets=[
+            *with_freshness(feed_assets, {k for a in INGESTION_ASSETS for k in a.keys}, daily_keys, settings),
+            *marts.ASSETS,
+            *view_assets,
+        ],
         asset_checks=[*(c for m in SOURCE_MODULES for c in m.CHECKS), *_mart_checks(view_assets)],
         jobs=[sync_all, *(j for m in SOURCE_MODULES for j in m.JOBS)],
-        schedules=[s for m in SOURCE_MODULES for s in m.SCHEDULES],
+        schedules=[
+            *build_schedules(sync_all, full_refresh_run_config(), LATEST_DAY_JOBS, settings),
+            # a feed's own schedule of a job scheduled above would be a second, conflicting one
+            *(s for m in SOURCE_MODULES for s in m.SCHEDULES if s.job.name not in scheduled_jobs),
+        ],
+        sensors=[automation_sensor(settings)],
         resources=build_resources(),
+        # Every step writes the one DuckDB file under a pool of 1: steps in separate processes
+        # would only add a process start each (backfills, automation and UI-launched runs).
+        executor=dg.in_process_executor,
     )
 
 

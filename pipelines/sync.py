@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from pipelines.http import ApiClient
 from pipelines.incremental import StatusListing, sync_status_lists
-from pipelines.loader import LoadResult, StreamLoad
+from pipelines.loader import LoadResult, StreamLoad, TableResult
 from pipelines.staging import TableSpec
 from pipelines.warehouse import Warehouse
 
@@ -35,15 +35,19 @@ class SyncReport:
             "duration_s": round(self.seconds, 3),
             "warnings": len(self.warnings),
         }
+        # The first (primary) table's counts are unprefixed, whatever the stream is called (range
+        # backfills and the lead register commit under their own stream names), and are zero when
+        # nothing was committed: every run reports the same keys, so the UI's plots have no gaps.
+        tables = self.result.tables if self.result is not None else {self.stream: TableResult(self.stream)}
+        for i, (name, t) in enumerate(tables.items()):
+            prefix = "" if i == 0 else f"{name}."
+            meta[f"{prefix}rows_received"] = t.received
+            meta[f"{prefix}inserted"] = t.inserted
+            meta[f"{prefix}updated"] = t.updated
+            meta[f"{prefix}unchanged"] = t.unchanged
+            meta[f"{prefix}quarantined"] = t.quarantined
+            meta[f"{prefix}status_changes"] = t.status_changes
         if self.result is not None:
-            for name, t in self.result.tables.items():
-                prefix = "" if name == self.stream else f"{name}."
-                meta[f"{prefix}rows_received"] = t.received
-                meta[f"{prefix}inserted"] = t.inserted
-                meta[f"{prefix}updated"] = t.updated
-                meta[f"{prefix}unchanged"] = t.unchanged
-                meta[f"{prefix}quarantined"] = t.quarantined
-                meta[f"{prefix}status_changes"] = t.status_changes
             meta.update(self.result.business)
         if self.warnings:
             meta["warning_messages"] = "\n".join(self.warnings[:50])

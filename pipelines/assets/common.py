@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from models import metadata as warehouse_schema
 from pipelines import progress as terminal_progress
 from pipelines.resources import NotConfigured
 from pipelines.sync import SyncReport
@@ -71,4 +72,27 @@ def materialize(
             summary += f", {t.quarantined} quarantined"
     context.log.info(summary)
     terminal_progress.done(summary)
-    return dg.MaterializeResult(metadata={"configured": True, **report.metadata()})
+    metadata = {"configured": True, **report.metadata()}
+    table = _table_of(context, report)
+    if table is not None and hasattr(context.resources, "warehouse"):
+        metadata["dagster/row_count"] = _row_count(context, table)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _table_of(context: dg.AssetExecutionContext, report: SyncReport) -> str | None:
+    """The warehouse table an asset stands for: the one named like the asset (the style rule), else
+    the primary table of what it committed (e.g. swap_orders for the created-day backfills)."""
+    name = context.asset_key.path[-1]
+    if name in warehouse_schema.tables:
+        return name
+    if report.result is not None and report.result.primary.table in warehouse_schema.tables:
+        return report.result.primary.table
+    return None
+
+
+def _row_count(context: dg.AssetExecutionContext, table: str) -> int:
+    """Rows in ``table`` after the commit: Dagster shows ``dagster/row_count`` in the catalog and
+    plots it across materializations."""
+    warehouse = context.resources.warehouse.open(on_wait=context.log.warning)
+    with warehouse.connect(read_only=True) as con:
+        return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]

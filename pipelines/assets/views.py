@@ -38,6 +38,22 @@ def create_view(con, name: str) -> None:
     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS\n{view_sql(name)}')
 
 
+def rebuild_when_upstream_changes() -> dg.AutomationCondition:
+    """Re-create a view after any table it reads was written outside a run that also rebuilt the
+    view (e.g. a backfill from the UI); ``sync_all`` rebuilds its views itself, so that never
+    triggers a second run.
+
+    This is ``eager()`` without its "no dependency missing" guard: views depend on daily-partitioned
+    assets whose past days are mostly never materialized, which would otherwise hold them forever.
+    A view over a table still empty is valid (the schema is created before any asset writes).
+    """
+    return (
+        dg.AutomationCondition.eager()
+        .without(~dg.AutomationCondition.any_deps_missing())
+        .with_label("eager (upstream partitions may be missing)")
+    )
+
+
 def _view_asset(name: str, upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
     description = (_strip_comments(view_sql(name)) and view_sql(name).splitlines()[0].lstrip("- ")) or name
 
@@ -48,6 +64,7 @@ def _view_asset(name: str, upstream: list[dg.AssetKey]) -> dg.AssetsDefinition:
         pool=WRITER_POOL,
         kinds={"duckdb", "sql"},
         description=description,
+        automation_condition=rebuild_when_upstream_changes(),
     )
     def _view(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         with warehouse.open(on_wait=context.log.warning).connect() as con:

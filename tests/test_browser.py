@@ -1,0 +1,156 @@
+"""The Dagster UI in a real browser: headless Chromium (Debian's ``chromium`` + ``chromium-driver``)
+opens the asset graph and the page of a finished backfill, on the servers tests/ui_stack.py starts,
+and saves the screenshots the README shows (docs/asset-graph.png, docs/backfill.png).
+
+Chromium is installed with apt-get when missing (CI runs as root on Debian); the tests skip, saying
+why, only when it cannot be installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import ui_stack
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
+
+# the session's servers and backfills, shared with test_ui_backfill (started once)
+from test_ui_backfill import backfills, dagster_ui  # noqa: F401
+
+pytestmark = pytest.mark.ui
+
+DOCS = ui_stack.PROJECT_ROOT / "docs"
+WINDOW = (1600, 1400)
+PACKAGES = ["chromium", "chromium-driver"]
+# Chromium here has no network beyond loopback: background networking would make it hang.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def _installed() -> tuple[str | None, str | None]:
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def ensure_chromium() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installed with apt-get if needed (idempotent)."""
+    browser, driver = _installed()
+    if browser and driver:
+        return browser, driver
+    if not shutil.which("apt-get"):
+        pytest.skip(f"{' and '.join(PACKAGES)} are not installed and there is no apt-get to install them")
+    if os.geteuid() != 0:
+        pytest.skip(f"{' and '.join(PACKAGES)} are not installed and installing them needs root (apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=300"]
+    for command in (["apt-get", *lock, "update", "-qq"], ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"`{' '.join(command)}` failed ({done.returncode}): {(done.stderr or done.stdout)[-500:]}")
+    browser, driver = _installed()
+    if not (browser and driver):
+        pytest.skip(f"apt-get installed {PACKAGES} but chromium/chromedriver are not on PATH")
+    return browser, driver
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, chromedriver = ensure_chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium  # with the driver's path too, Selenium Manager downloads nothing
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+                 f"--window-size={WINDOW[0]},{WINDOW[1]}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def show(driver, url: str, texts: list[str], timeout: float = 90, reload: bool = True) -> str:
+    """Open ``url`` (unless already there) and wait until the rendered page shows every one of
+    ``texts``; its text."""
+    if reload:
+        driver.get(url)
+    body = ""
+
+    def rendered(d) -> bool:
+        nonlocal body
+        body = d.execute_script("return document.body ? document.body.innerText : ''")
+        return all(t in body for t in texts)
+
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=1).until(rendered)
+    except Exception:
+        pytest.fail(f"{url} did not show {texts} within {timeout:.0f}s; it shows:\n{body[:2000]}")
+    return body
+
+
+def screenshot(driver, name: str) -> Path:
+    """Save a screenshot under docs/ and check it is a real PNG of the window's size."""
+    path = DOCS / name
+    DOCS.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width == WINDOW[0] and WINDOW[1] * 0.8 < height <= WINDOW[1], (width, height)  # the viewport
+    assert len(data) > 30_000, f"{name} is only {len(data)} bytes: a blank page?"
+    return path
+
+
+# Page scripts: the UI has no URL for these view settings, so the test clicks as a person would.
+DISMISS_COMMUNITY_DIALOG = """
+for (const b of document.querySelectorAll('button')) { if (b.innerText.trim() === 'Skip') b.click(); }"""
+EXPAND_ALL_GROUPS = """
+window.dispatchEvent(new KeyboardEvent('keydown', {key: 'e', code: 'KeyE', altKey: true, bubbles: true}));"""
+HIDE_SIDEBARS = """
+for (const e of document.querySelectorAll('a,button')) { if (e.innerText.trim() === 'Hide navigation') { e.click(); break; } }
+let n = document.querySelector('input[placeholder^="Jump to"]');
+while (n && !n.parentElement.querySelector('button')) n = n.parentElement;
+if (n) n.parentElement.querySelector('button').click();"""
+ZOOM_OUT = """
+const slider = document.querySelector('[data-zoom-control]');
+const next = slider && slider.nextElementSibling;
+const button = next && (next.matches('button') ? next : next.querySelector('button'));
+if (!button) return false;
+button.click();
+return true;"""
+
+
+def test_asset_graph_shows_every_group_and_the_partitioned_assets(browser, dagster_ui, backfills):  # noqa: F811
+    groups = ["onlytraffic", "metapic", "cpamoe", "marts", "views"]
+    show(browser, f"{dagster_ui.url}/asset-groups", ["Global asset lineage", *groups])
+    browser.execute_script(DISMISS_COMMUNITY_DIALOG)
+    browser.execute_script(EXPAND_ALL_GROUPS)
+    # expanded: the assets themselves (long names are shortened, boxes off screen not drawn)
+    show(browser, browser.current_url, ["cpc_orders", "swap_orders", "v_fill_rate", "v_earnings"], reload=False)
+    browser.execute_script(HIDE_SIDEBARS)
+    for _ in range(5):
+        assert browser.execute_script(ZOOM_OUT), "no zoom control on the asset graph"
+        time.sleep(0.5)
+    time.sleep(2)  # the zoom animates
+
+    screenshot(browser, "asset-graph.png")
+
+
+def test_backfill_page_shows_the_completed_range(browser, dagster_ui, backfills):  # noqa: F811
+    backfill = backfills["swap_orders_by_created_day"]
+    days = ui_stack.SWAP_DAYS
+
+    show(browser, f"{dagster_ui.url}/runs/b/{backfill['id']}", [f"Runs / {backfill['id']}"])
+    browser.execute_script(DISMISS_COMMUNITY_DIALOG)
+    # the backfill's overview: its range, its outcome and the asset it materialized
+    show(browser, browser.current_url, [f"{days[0]}...{days[-1]}", "Succeeded", "swap_orders_by_created_day"], reload=False)
+
+    screenshot(browser, "backfill.png")
