@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from reliability_fixtures import FEEDS, reference, site  # noqa: F401 - fixtures
+from reliability_fixtures import FEEDS, REALISTIC_ENV, REALISTIC_FAULTS, reference, site  # noqa: F401 - fixtures
 from warehouse_compare import assert_same
 
 from pipelines.sandbox.faults import ALL_KINDS
 
-# 20 % of requests fail, every kind of fault, Retry-After of 0 or 1 s; a timeout costs 1 s.
-REALISTIC = dict(rate=0.2, kinds=list(ALL_KINDS), retry_after=0, retry_after_max=1, slow_seconds=1.5)
-REALISTIC_ENV = dict(HTTP_TIMEOUT_SECONDS="1", HTTP_MAX_ATTEMPTS="8", HTTP_BACKOFF_BASE_SECONDS="0.05")
+assert set(REALISTIC_FAULTS["kinds"]) == set(ALL_KINDS)
 
 
 def failures(result) -> dict[str, str]:
@@ -40,7 +38,7 @@ def test_sync_under_faults_equals_a_fault_free_sync(site, reference, monkeypatch
         if step:
             site.advance(days=1)
         runs_before = {r[0] for r in site.query("SELECT run_id FROM sync_runs")} if step else set()
-        site.sandbox.set_faults(**REALISTIC, seed=11 + step)
+        site.sandbox.set_faults(**REALISTIC_FAULTS, seed=11 + step)
 
         result = site.sync(monkeypatch, **REALISTIC_ENV)
 

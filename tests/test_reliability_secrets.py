@@ -1,0 +1,105 @@
+"""Secrets and privacy: no credential, no customer phone, e-mail or IP anywhere we write.
+
+Syncs run as processes of their own (the CLI and ``dg launch``, as users run them) with a
+persistent Dagster home: a full sync of every feed with faults on, a run that fails after its
+retries, a run with a wrong key, and a lead submitted with the customer's details. Then every
+place they could have written is searched for every secret (each credential as set in the
+environment, and cpa.moe's ``{user}-{key}``) and every personal value:
+their stdout and stderr, every file under DAGSTER_HOME (run and event-log databases), the text
+of the failures recorded in the event log, every column of every warehouse table, and the
+warehouse file itself.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import dagster as dg
+import duckdb
+import pytest
+from reliability_fixtures import PROJECT_ROOT, REALISTIC_ENV, REALISTIC_FAULTS, site  # noqa: F401 - fixtures
+
+DG = str(Path(sys.executable).with_name("dg"))
+WRONG_KEY = "wrong-cpamoe-key-93ad0c"
+PHONE, EMAIL, IP, NAME = "79161234567", "jane.roe@example.org", "203.0.113.77", "Jane Roe"
+
+
+def warehouse_text(path: Path) -> str:
+    """Every value of every table (views too), as text."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        return "\n".join(
+            str(con.execute(f'SELECT * FROM "{t}"').fetchall()) for t in tables
+        )
+
+
+def failure_texts(home: Path) -> list[str]:
+    """The full text (message, causes, stack) of every step failure in the event log."""
+    texts = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for record in instance.get_run_records():
+            for event in instance.all_logs(record.dagster_run.run_id):
+                dagster_event = event.dagster_event
+                if dagster_event is not None and dagster_event.is_step_failure:
+                    texts.append(dagster_event.step_failure_data.error.to_string())
+    return texts
+
+
+@pytest.mark.slow
+def test_no_secret_and_no_personal_data_reaches_logs_events_errors_or_the_warehouse(site):
+    ids = site.register_leads()
+    with (site.leads_dir / "with_customers.csv").open("w") as f:  # columns we must never read
+        f.write("id,offer,phone,email,ip,name\n")
+        f.write(f"cust-1,217,{PHONE},{EMAIL},{IP},{NAME}\n")
+    # cpa.moe answers with customer data (a newer API version): dropped before storage
+    site.sandbox.set_drift(only=["/ext/list.json"], extra={"phone": PHONE, "email": EMAIL, "ip": IP, "name": NAME})
+    site.sandbox.set_faults(**REALISTIC_FAULTS, seed=5)
+    metapic_emails = [p["pre_registered_email"] for p in site.sandbox.dataset("metapic").participants_truth()
+                      if p.get("pre_registered_email")]
+    assert metapic_emails and len(ids) > 100
+
+    synced = site.run_cli("run", "--verbose", name="sync", **REALISTIC_ENV)
+    assert synced.returncode == 0, synced.output[-3000:]
+    assert sum(site.sandbox.faults.injected.values()) >= 5  # retries happened, and were logged
+
+    # a run that fails after its retries (the error names the endpoint)
+    site.sandbox.set_faults(rate=1.0, kinds=["error_200", "500"], retry_after=0, only=["/ext/list.json"])
+    exhausted = site.spawn([DG, "launch", "--assets", "cpamoe_leads"], name="exhausted", cwd=PROJECT_ROOT,
+                           HTTP_MAX_ATTEMPTS="2")
+    assert exhausted.wait(180) != 0
+    # a run with a wrong key (the error names the variables)
+    site.sandbox.set_faults()
+    wrong = site.spawn([DG, "launch", "--assets", "cpamoe_leads"], name="wrong", cwd=PROJECT_ROOT,
+                       CPAMOE_API_KEY=WRONG_KEY)
+    assert wrong.wait(180) != 0
+    # a lead submitted with the customer's details
+    submitted = site.run_cli("submit-lead", "--offer", "217", "--phone", PHONE, "--ip", IP, "--email", EMAIL,
+                             "--name", NAME, name="submit")
+    assert submitted.returncode == 0, submitted.output[-2000:]
+
+    failures = failure_texts(site.dagster_home)
+    assert any("gave up after 2 attempts" in t for t in failures)
+    assert any("CPAMOE_USER_ID or CPAMOE_API_KEY" in t for t in failures)
+    outputs = "\n".join(r.output for r in (synced, exhausted, wrong, submitted))
+    home_files = [p.read_bytes() for p in site.dagster_home.rglob("*") if p.is_file()]
+    warehouse = warehouse_text(site.warehouse_path)
+    warehouse_bytes = site.warehouse_path.read_bytes()
+    # the places searched hold what they should: the retries, the failures, the leads
+    assert "retry 1/7" in synced.output and "/cpamoe/ext/list.json" in outputs
+    assert any(b"gave up after 2 attempts" in blob for blob in home_files)
+    assert site.scalar("SELECT count(*) FROM cpamoe_leads WHERE lead_id = 'cust-1'") == 1
+
+    for secret in [*site.secrets(), WRONG_KEY]:
+        for variant in {secret, quote(secret, safe="")}:
+            assert variant not in outputs
+            assert not any(variant.encode() in blob for blob in home_files)
+            assert not any(variant in text for text in failures)
+            assert variant not in warehouse
+            assert variant.encode() not in warehouse_bytes
+    for personal in (PHONE, EMAIL, IP, NAME, *metapic_emails):
+        assert personal.lower() not in outputs.lower()
+        assert personal.lower() not in warehouse.lower()
+        assert personal.encode() not in warehouse_bytes
+        assert not any(personal.encode() in blob for blob in home_files)
