@@ -148,8 +148,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
         dg_bin = Path(sys.executable).with_name("dg")
         command = [str(dg_bin), "dev", "--port", str(args.port), "--host", args.host]
         print("Starting the Dagster UI:", " ".join(command))
+        # dg warns when the venv it runs from is not the "activated" one; make run/ui never activate
+        child_env = {**os.environ, "VIRTUAL_ENV": sys.prefix} if sys.prefix != sys.base_prefix else None
         try:
-            return subprocess.call(command, cwd=PROJECT_ROOT)
+            return subprocess.call(command, cwd=PROJECT_ROOT, env=child_env)
         except KeyboardInterrupt:
             return 0
 
