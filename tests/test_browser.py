@@ -24,7 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 # the session's servers and backfills, shared with test_ui_backfill (started once)
 from test_ui_backfill import backfills, dagster_ui  # noqa: F401
 
-pytestmark = pytest.mark.ui
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(1200)]  # setup: servers, backfills (and apt-get)
 
 DOCS = ui_stack.PROJECT_ROOT / "docs"
 WINDOW = (1600, 1400)
