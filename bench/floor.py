@@ -9,7 +9,8 @@ What no implementation of the sync can beat on this machine and this sandbox:
   one NDJSON file per stream, unparsed (an HTTP 429 is waited out and retried, nothing else is
   looked at).
 - **load**: one DuckDB statement per stream reads that file with DuckDB's own JSON reader and
-  unnests the records into a table (same thread and memory settings as the warehouse connection);
+  unnests the records into a table (2 threads like the warehouse connection; 2 GB: this is a
+  floor of time, not of memory);
   the cpa.moe lead register CSV is read with ``read_csv`` (that stream has no API).
 
 Streams are measured one after another, in the order ``sync_all`` runs them, so each stream has
@@ -127,13 +128,16 @@ def fetch(base_url: str, requests: list[dict], workdir: Path, concurrency: int) 
 
 
 def load(results: dict[str, FloorStream], workdir: Path, *, register_csv: Path | None = None,
-         memory_limit: str = "512MB", threads: int = 2) -> None:
+         memory_limit: str = "2GB", threads: int = 2) -> None:
     """DuckDB reads each stream's bodies and unnests the records into a table (timed per stream)."""
     paths = {r.stream: r.records_path for r in ROUTES}
     db = workdir / "floor.duckdb"
     db.unlink(missing_ok=True)
     with duckdb.connect(str(db)) as con:
+        # A floor of time, not of memory: 2 GB and a spill directory so it never fails on size
+        # (at 512 MB, the warehouse's limit, unnesting the large preset's CPC pages ran out).
         con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
         con.execute(f"SET threads = {threads}")
         con.execute("SET preserve_insertion_order = false")
         if register_csv is not None and register_csv.exists():

@@ -116,7 +116,11 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
             no_change, _ = measured_phase(sandbox, runner)
             say(f"{tag}: no-change sync {no_change['wall_s']:.1f}s, {no_change['requests']:,} requests, "
                 f"{no_change['rows_written']:,} rows written")
-            fl = measured_floor(sandbox, requests, root / f"floor{i + 1}", floor_concurrency)
+            try:
+                fl = measured_floor(sandbox, requests, root / f"floor{i + 1}", floor_concurrency)
+            except Exception as exc:  # noqa: BLE001 - keep the sync figures; the ratio is then absent
+                say(f"{tag}: the floor failed: {type(exc).__name__}: {exc}")
+                fl = {"fetch_s": 0.0, "load_s": 0.0, "requests": 0, "streams": {}, "error": f"{type(exc).__name__}: {exc}"}
             say(f"{tag}: floor fetch {fl['fetch_s']:.1f}s + load {fl['load_s']:.1f}s ({fl['requests']:,} requests)")
             preset["repeats"].append({"full": full, "no_change": no_change, "floor": fl})
         say(f"{name}: advancing the sandbox one day")
@@ -190,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "presets": {},
     }
     tables = []
+    error: BaseException | None = None
     try:
         for name in args.names:
             repeats = args.repeat or DEFAULT_REPEATS.get(name, 3)
@@ -206,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             run["presets"][name] = preset
             tables.append(report.render(preset))
             print("\n" + tables[-1] + "\n", flush=True)
+    except BaseException as exc:  # noqa: BLE001 - the presets measured so far are still saved
+        error = exc
+        run["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workroot, ignore_errors=True)
@@ -215,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         path = report.results_path(results_dir)
         path.write_text(json.dumps(run, indent=2, default=str) + "\n")
         say(f"results written to {path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path}")
+    if error is not None:
+        raise error
     failed = any(p["summary"]["failures"] for p in run["presets"].values())
     return 1 if failed else 0
 
