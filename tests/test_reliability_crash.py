@@ -69,7 +69,7 @@ def test_killed_syncs_then_one_more_run_equal_an_uninterrupted_sync(site, refere
     for phase, expected in enumerate((reference.first, reference.second)):
         if phase:
             site.advance(days=1)
-        for i, kill in enumerate((kill_while_fetching, kill_while_committing, kill_while_committing)):
+        for i, kill in enumerate((kill_while_fetching, kill_while_committing)):
             outcomes.append(kill(site, rng, f"phase{phase}-kill{i}"))
             if site.warehouse_path.exists():  # consistent at every point: nothing half-written
                 assert not integrity_problems(site.warehouse_path), outcomes
