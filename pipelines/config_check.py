@@ -85,7 +85,7 @@ def config_problems(environ: dict[str, str] | None = None) -> list[str]:
                 problems.append(f"{name}={raw!r} is not a date (YYYY-MM-DD)")
     if raw := environ.get("WAREHOUSE_NOW", "").strip():
         try:
-            datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            datetime.fromisoformat(raw)
         except ValueError:
             problems.append(f"WAREHOUSE_NOW={raw!r} is not an ISO-8601 timestamp (e.g. 2026-01-31T12:00:00Z)")
     if raw := environ.get("SANDBOX_SCALE", "").strip():

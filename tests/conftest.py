@@ -98,3 +98,5 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 def pytest_configure(config: pytest.Config) -> None:
     # slow: long reliability tests (load, crash, concurrency); still part of `make test`
     config.addinivalue_line("markers", "slow: a long test; deselect with -m 'not slow'")
+    # the reliability tests' fixtures (`site`, and `reference`: built once per session)
+    config.pluginmanager.import_plugin("reliability_fixtures")

@@ -39,11 +39,11 @@ BASE_ENV = {
 }
 # Faults at a realistic rate: 20 % of requests fail, every kind, Retry-After of 0 or 1 s; with a
 # 1 s client timeout a `timeout` fault costs about a second; 8 attempts are plenty.
-REALISTIC_FAULTS = dict(
-    rate=0.2, kinds=["429", "error_200", "500", "502", "503", "timeout", "drop", "malformed"],
-    retry_after=0, retry_after_max=1, slow_seconds=1.5,
-)
-REALISTIC_ENV = dict(HTTP_TIMEOUT_SECONDS="1", HTTP_MAX_ATTEMPTS="8", HTTP_BACKOFF_BASE_SECONDS="0.05")
+REALISTIC_FAULTS = {
+    "rate": 0.2, "kinds": ["429", "error_200", "500", "502", "503", "timeout", "drop", "malformed"],
+    "retry_after": 0, "retry_after_max": 1, "slow_seconds": 1.5,
+}
+REALISTIC_ENV = {"HTTP_TIMEOUT_SECONDS": "1", "HTTP_MAX_ATTEMPTS": "8", "HTTP_BACKOFF_BASE_SECONDS": "0.05"}
 
 
 @dataclass(frozen=True)

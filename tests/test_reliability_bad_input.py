@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from reliability_fixtures import Site, reference, site  # noqa: F401 - fixtures
+from reliability_fixtures import Site
 from warehouse_compare import assert_same, integrity_problems
 
 from pipelines.sandbox import cpamoe as cpamoe_api
@@ -67,8 +67,8 @@ def test_schema_drift_keeps_extra_fields_nulls_missing_ones_quarantines_wrong_ty
     typed, wrong = fields["typed"]
     enum, unknown = fields["enum"]
     every = 3 if feed == "metapic_offers" else 7  # a dozen campaigns in the tiny world
-    plan = dict(only=[route], key=[fields["key"]], every=every, extra=EXTRA, drop=[fields["optional"]],
-                wrong_type={typed: wrong}, unknown_enum={enum: unknown})
+    plan = {"only": [route], "key": [fields["key"]], "every": every, "extra": EXTRA, "drop": [fields["optional"]],
+                "wrong_type": {typed: wrong}, "unknown_enum": {enum: unknown}}
     site.register_leads()
     site.sandbox.set_drift(**plan)
     targets = {"wrong_type": set(), "unknown_enum": set(), None: set()}
@@ -110,8 +110,8 @@ def test_schema_drift_keeps_extra_fields_nulls_missing_ones_quarantines_wrong_ty
 
 def test_schema_drift_in_metapic_participants(site, monkeypatch):
     fields = metapic_api.DRIFT_FIELDS["/participants?"]
-    plan = dict(only=["/participants?"], key=list(fields["key"]), every=5, extra=EXTRA, drop=[fields["optional"]],
-                wrong_type={"clicks": "many"}, unknown_enum={"status": "invited"})
+    plan = {"only": ["/participants?"], "key": list(fields["key"]), "every": 5, "extra": EXTRA, "drop": [fields["optional"]],
+                "wrong_type": {"clicks": "many"}, "unknown_enum": {"status": "invited"}}
     site.sandbox.set_drift(**plan)
     drift = DriftPlan.from_dict(plan)
     keyed = [p for p in site.sandbox.dataset("metapic").participants_truth()

@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from reliability_fixtures import PROJECT_ROOT, Site, reference, site  # noqa: F401 - fixtures
+from reliability_fixtures import PROJECT_ROOT
 from warehouse_compare import assert_same, integrity_problems
 
 DG = str(Path(sys.executable).with_name("dg"))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from reliability_fixtures import Site, reference, site, wait_until  # noqa: F401 - fixtures
+from reliability_fixtures import Site, wait_until
 from warehouse_compare import assert_same, integrity_problems
 
-SLOW = dict(ONLYTRAFFIC_MARKETER_PAGE_SIZE="20", ONLYTRAFFIC_STUDIO_PAGE_SIZE="20", METAPIC_PAGE_SIZE="4")
+SLOW = {"ONLYTRAFFIC_MARKETER_PAGE_SIZE": "20", "ONLYTRAFFIC_STUDIO_PAGE_SIZE": "20", "METAPIC_PAGE_SIZE": "4"}
 CLI = [sys.executable, "-m", "pipelines.cli", "run"]
 
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import dagster as dg
 import duckdb
 import pytest
-from reliability_fixtures import PROJECT_ROOT, REALISTIC_ENV, REALISTIC_FAULTS, site  # noqa: F401 - fixtures
+from reliability_fixtures import PROJECT_ROOT, REALISTIC_ENV, REALISTIC_FAULTS
 
 DG = str(Path(sys.executable).with_name("dg"))
 WRONG_KEY = "wrong-cpamoe-key-93ad0c"
