@@ -27,7 +27,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from pipelines.sandbox.faults import DriftPlan, FaultInjector, FaultPlan, LiePlan, LieTeller
+from pipelines.sandbox.faults import (
+    DriftPlan,
+    FaultInjector,
+    FaultPlan,
+    LiePlan,
+    LieTeller,
+)
 from pipelines.sandbox.world import SCALES, Scale, World
 
 
