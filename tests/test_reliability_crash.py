@@ -11,6 +11,7 @@ world, no staging folder is left behind and the killed runs hold no pool slot.
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,3 +89,27 @@ def test_killed_syncs_then_one_more_run_equal_an_uninterrupted_sync(site, refere
         failed = [r for r in runs if r.dagster_run.status == dg.DagsterRunStatus.FAILURE]
         assert len(failed) == sum(o != "finished" for o in outcomes)  # each killed run marked failed
         assert not instance.event_log_storage.get_concurrency_run_ids()  # no slot held by a dead run
+
+
+def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
+    from pipelines.staging_dirs import StagingDir, remove_stale
+
+    holder = (
+        "import sys, time; from pathlib import Path; from pipelines.staging_dirs import StagingDir; "
+        "d = StagingDir(Path(sys.argv[1]), 'stream-'); print(d.path, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        held = Path(proc.stdout.readline().strip())
+        mine = StagingDir(tmp_path, "other-")  # creating a folder sweeps the stale ones first
+
+        assert held.is_dir() and mine.path.is_dir()  # a live run keeps its folder
+        assert remove_stale(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+    assert remove_stale(tmp_path) == [held]  # SIGKILLed: its lock is gone, so is its folder
+    assert mine.path.is_dir()
+    mine.remove()
+    assert list(tmp_path.iterdir()) == []
