@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition  # define_asset_job's
@@ -49,6 +50,15 @@ def _cron(name: str) -> str:
     value = _value(name)
     if not is_valid_cron_string(value):
         raise ValueError(f"{name}={value!r} is not a cron expression (e.g. {DEFAULTS[name]!r})")
+    return value
+
+
+def _timezone(name: str) -> str:
+    value = _value(name)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name}={value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
     return value
 
 
@@ -97,7 +107,7 @@ class OperationsSettings:
             open_records_cron=_cron("SYNC_OPEN_RECORDS_CRON"),
             reconcile_cron=_cron("RECONCILE_CRON"),
             daily_partitions_cron=_cron("DAILY_PARTITIONS_CRON"),
-            timezone=_value("SCHEDULES_TIMEZONE"),
+            timezone=_timezone("SCHEDULES_TIMEZONE"),
             schedules_running=_running("SCHEDULES_DEFAULT_STATUS"),
             automation_running=_running("AUTOMATION_DEFAULT_STATUS"),
             automation_interval_seconds=int(_positive("AUTOMATION_INTERVAL_SECONDS")),

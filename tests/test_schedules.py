@@ -155,6 +155,7 @@ def test_environment_changes_crons_time_zone_and_status(monkeypatch, instance):
     [
         ("SYNC_OPEN_RECORDS_CRON", "every half hour", "SYNC_OPEN_RECORDS_CRON"),
         ("SCHEDULES_DEFAULT_STATUS", "on", "SCHEDULES_DEFAULT_STATUS"),
+        ("SCHEDULES_TIMEZONE", "Mars/Olympus", "SCHEDULES_TIMEZONE"),
         ("FRESHNESS_WARN_MINUTES", "500", "FRESHNESS_WARN_MINUTES must be shorter"),
         ("FRESHNESS_DAILY_FAIL_HOURS", "-1", "FRESHNESS_DAILY_FAIL_HOURS"),
     ],

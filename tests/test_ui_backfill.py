@@ -14,7 +14,7 @@ import ui_stack
 from conftest import ANCHOR
 from test_metapic import stats_truth
 
-pytestmark = [pytest.mark.ui, pytest.mark.timeout(1200)]  # setup: servers, backfills (and apt-get)
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(1200)]  # the first test's setup starts servers and backfills
 
 
 @pytest.fixture(scope="session")
