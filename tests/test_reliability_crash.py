@@ -10,7 +10,9 @@ world, no staging folder is left behind and the killed runs hold no pool slot.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -29,20 +31,29 @@ def wal(site: Site) -> Path:
     return site.warehouse_path.with_name(site.warehouse_path.name + ".wal")
 
 
+def outcome(site: Site, run) -> str:
+    """How a killed run died. A clean DETACH checkpoints the warehouse and removes its write-ahead
+    log, so a log left behind by a dead process means it died in the middle of a write."""
+    if run.returncode == 0:
+        return "finished"
+    return "commit" if wal(site).exists() else "fetch"
+
+
 def kill_while_fetching(site: Site, rng: random.Random, name: str) -> str:
     """Start a sync and kill it after a random number of API requests."""
     start = len(site.sandbox.stats.arrivals)
     wanted = start + rng.randint(5, 45)
     run = site.spawn(CLI, name=name, **SLOW)
     wait_until(lambda: len(site.sandbox.stats.arrivals) >= wanted or run.proc.poll() is not None, 120)
-    during_commit = wal(site).exists()
     run.kill()
-    return "finished" if run.returncode == 0 else "commit" if during_commit else "fetch"
+    return outcome(site, run)
 
 
 def kill_while_committing(site: Site, rng: random.Random, name: str) -> str:
-    """Start a sync and kill it while a transaction writes the warehouse (after skipping a few)."""
-    skip = rng.randint(0, 4)
+    """Start a sync and kill it in the middle of a transaction writing the warehouse (one of the
+    first few): frozen (SIGSTOP) as soon as the write-ahead log appears, killed if it is still
+    writing, let go otherwise."""
+    skip = rng.randint(0, 3)
     run = site.spawn(CLI, name=name, **SLOW)
     seen, was = 0, False
     deadline = time.monotonic() + 120
@@ -51,13 +62,14 @@ def kill_while_committing(site: Site, rng: random.Random, name: str) -> str:
         if now and not was:
             seen += 1
             if seen > skip:
-                time.sleep(rng.uniform(0, 0.02))
-                break
+                os.killpg(run.proc.pid, signal.SIGSTOP)
+                if wal(site).exists():
+                    break  # frozen mid-write: killed right there
+                os.killpg(run.proc.pid, signal.SIGCONT)
         was = now
-        time.sleep(0.002)
-    during_commit = wal(site).exists()
+        time.sleep(0.001)
     run.kill()
-    return "finished" if run.returncode == 0 else "commit" if during_commit else "fetch"
+    return outcome(site, run)
 
 
 @pytest.mark.slow
@@ -82,6 +94,7 @@ def test_killed_syncs_then_one_more_run_equal_an_uninterrupted_sync(site, refere
         assert not integrity_problems(site.warehouse_path)
         assert [p for p in (site.root / ".staging").iterdir()] == []  # killed runs left no debris
         assert "was killed before it finished" in final.stdout
+    print(f"kills: {outcomes}")
     assert "fetch" in outcomes and "commit" in outcomes, outcomes
 
     with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
