@@ -36,6 +36,26 @@ CHROMIUM_FLAGS = [
 ]
 
 
+# Page scripts: the UI has no URL for these view settings, so the test clicks as a person would.
+COMMUNITY_DIALOG = "Join the Dagster community"
+# what the UI stores once its first-visit dialog was answered
+SKIP_COMMUNITY_DIALOG = """localStorage.setItem('communityNux', '"1"');"""
+EXPAND_ALL_GROUPS = """
+window.dispatchEvent(new KeyboardEvent('keydown', {key: 'e', code: 'KeyE', altKey: true, bubbles: true}));"""
+HIDE_SIDEBARS = """
+for (const e of document.querySelectorAll('a,button')) { if (e.innerText.trim() === 'Hide navigation') { e.click(); break; } }
+let n = document.querySelector('input[placeholder^="Jump to"]');
+while (n && !n.parentElement.querySelector('button')) n = n.parentElement;
+if (n) n.parentElement.querySelector('button').click();"""
+ZOOM_OUT = """
+const slider = document.querySelector('[data-zoom-control]');
+const next = slider && slider.nextElementSibling;
+const button = next && (next.matches('button') ? next : next.querySelector('button'));
+if (!button) return false;
+button.click();
+return true;"""
+
+
 def _installed() -> tuple[str | None, str | None]:
     return shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -61,17 +81,25 @@ def ensure_chromium() -> tuple[str, str]:
     return browser, driver
 
 
+@pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    return ensure_chromium()
+
+
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    chromium, chromedriver = ensure_chromium()
+def browser(chromium, tmp_path_factory, dagster_ui):  # noqa: F811 - chromium first: skip before starting servers
+    browser_path, chromedriver = chromium
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium  # with the driver's path too, Selenium Manager downloads nothing
+    options.binary_location = browser_path  # with the driver's path too, Selenium Manager downloads nothing
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
                  f"--window-size={WINDOW[0]},{WINDOW[1]}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(60)
     try:
+        driver.set_page_load_timeout(60)
+        # a page of the UI's origin that is not the app, to answer the first-visit dialog beforehand
+        driver.get(f"{dagster_ui.url}/server_info")
+        driver.execute_script(SKIP_COMMUNITY_DIALOG)
         yield driver
     finally:
         driver.quit()
@@ -109,29 +137,9 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
-# Page scripts: the UI has no URL for these view settings, so the test clicks as a person would.
-DISMISS_COMMUNITY_DIALOG = """
-for (const b of document.querySelectorAll('button')) { if (b.innerText.trim() === 'Skip') b.click(); }"""
-EXPAND_ALL_GROUPS = """
-window.dispatchEvent(new KeyboardEvent('keydown', {key: 'e', code: 'KeyE', altKey: true, bubbles: true}));"""
-HIDE_SIDEBARS = """
-for (const e of document.querySelectorAll('a,button')) { if (e.innerText.trim() === 'Hide navigation') { e.click(); break; } }
-let n = document.querySelector('input[placeholder^="Jump to"]');
-while (n && !n.parentElement.querySelector('button')) n = n.parentElement;
-if (n) n.parentElement.querySelector('button').click();"""
-ZOOM_OUT = """
-const slider = document.querySelector('[data-zoom-control]');
-const next = slider && slider.nextElementSibling;
-const button = next && (next.matches('button') ? next : next.querySelector('button'));
-if (!button) return false;
-button.click();
-return true;"""
-
-
 def test_asset_graph_shows_every_group_and_the_partitioned_assets(browser, dagster_ui, backfills):  # noqa: F811
     groups = ["onlytraffic", "metapic", "cpamoe", "marts", "views"]
     show(browser, f"{dagster_ui.url}/asset-groups", ["Global asset lineage", *groups])
-    browser.execute_script(DISMISS_COMMUNITY_DIALOG)
     browser.execute_script(EXPAND_ALL_GROUPS)
     # expanded: the assets themselves (long names are shortened, boxes off screen not drawn)
     show(browser, browser.current_url, ["cpc_orders", "swap_orders", "v_fill_rate", "v_earnings"], reload=False)
@@ -141,6 +149,7 @@ def test_asset_graph_shows_every_group_and_the_partitioned_assets(browser, dagst
         time.sleep(0.5)
     time.sleep(2)  # the zoom animates
 
+    assert COMMUNITY_DIALOG not in browser.execute_script("return document.body.innerText")
     screenshot(browser, "asset-graph.png")
 
 
@@ -148,9 +157,8 @@ def test_backfill_page_shows_the_completed_range(browser, dagster_ui, backfills)
     backfill = backfills["swap_orders_by_created_day"]
     days = ui_stack.SWAP_DAYS
 
-    show(browser, f"{dagster_ui.url}/runs/b/{backfill['id']}", [f"Runs / {backfill['id']}"])
-    browser.execute_script(DISMISS_COMMUNITY_DIALOG)
     # the backfill's overview: its range, its outcome and the asset it materialized
-    show(browser, browser.current_url, [f"{days[0]}...{days[-1]}", "Succeeded", "swap_orders_by_created_day"], reload=False)
+    text = show(browser, f"{dagster_ui.url}/runs/b/{backfill['id']}", [f"Runs / {backfill['id']}", f"{days[0]}...{days[-1]}", "Succeeded", "swap_orders_by_created_day"])
 
+    assert COMMUNITY_DIALOG not in text
     screenshot(browser, "backfill.png")
