@@ -70,6 +70,8 @@ def measured_phase(sandbox: BenchSandbox, runner: SyncRunner) -> tuple[dict[str,
     data["requests_by_stream"] = {stream: len(group) for stream, group in by_stream(requests).items()}
     data["non_200_responses"] = sum(1 for r in requests if r["status"] != 200)
     data["metapic_max_per_60s"] = max_in_window([r["at"] for r in requests if "/metapic/" in r["path"]])
+    # read before the next phase resets the window (the sandbox's counters restart with it)
+    data["metapic_refused"] = sandbox.rate_limit().get("refused")
     return data, requests
 
 
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 if found:
                     medium_rss = found[0]
                     preset["medium_rss_from"] = found[1]
-            preset["targets"] = report.targets(name, preset["summary"], preset["rate_limit"], medium_rss)
+            preset["targets"] = report.targets(name, preset["summary"], medium_rss)
             run["presets"][name] = preset
             tables.append(report.render(preset))
             print("\n" + tables[-1] + "\n", flush=True)

@@ -30,6 +30,7 @@ class SyncMeasurement:
     run_id: str | None
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # from sync_runs
     history_rows_added: int = 0
+    peak_rss_outside_streams_mb: float | None = None
     log_tail: str = ""
 
     @property
@@ -48,6 +49,7 @@ class SyncMeasurement:
         return {
             "wall_s": round(self.wall_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "peak_rss_outside_streams_mb": self.peak_rss_outside_streams_mb,
             "exit_code": self.exit_code,
             "run_id": self.run_id,
             "records": self.records,
@@ -90,6 +92,11 @@ class RssSampler:
                 self.samples.append((time.time(), self._proc.memory_info().rss / 2**20))
             except Exception:  # noqa: BLE001 - the process exited
                 return
+
+    def peak_outside(self, intervals: list[tuple[float, float]]) -> float | None:
+        """The peak while no stream ran: start-up, Dagster, asset checks, views, marts, summary."""
+        values = [mb for t, mb in self.samples if not any(a <= t <= b for a, b in intervals)]
+        return round(max(values), 1) if values else None
 
     def peak_between(self, start: float, end: float) -> float | None:
         values = [mb for t, mb in self.samples if start <= t <= end]
@@ -149,8 +156,10 @@ class SyncRunner:
         if proc.returncode != 0:
             measurement.log_tail = log_path.read_text(errors="replace")[-3000:]
         measurement.run_id, measurement.streams = self._last_run()
-        for stream in measurement.streams.values():
-            stream["peak_rss_mb"] = rss.peak_between(stream.pop("started_epoch"), stream.pop("finished_epoch"))
+        intervals = [(s.pop("started_epoch"), s.pop("finished_epoch")) for s in measurement.streams.values()]
+        for stream, (start, end) in zip(measurement.streams.values(), intervals, strict=True):
+            stream["peak_rss_mb"] = rss.peak_between(start, end)
+        measurement.peak_rss_outside_streams_mb = rss.peak_outside(intervals)
         measurement.history_rows_added = self._history_rows() - history_before
         return measurement
 
