@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import orjson
 
 from pipelines.clock import utc_now
 from pipelines.fetch import Emit, run_producers
@@ -120,6 +121,7 @@ FINAL_STAGES = ("cancel", "trash")
 FINAL_STATUS_CODES = (10, 11, 12)
 # Customer data add.json accepts; removed from any record before it is stored.
 PERSONAL_FIELDS = ("phone", "email", "ip", "name", "ua", "addr", "street", "index")
+PERSONAL_FIELDS_SET = frozenset(PERSONAL_FIELDS)
 
 
 def _lit(value: str) -> str:
@@ -352,11 +354,25 @@ class IdBatches:
 
 
 def fetch_statuses(client: ApiClient, auth_id: str, ids: list[str]) -> Page:
-    """One list.json request; the whole response is staged as one record for DuckDB to split."""
+    """One list.json request; the whole response is staged as one record for DuckDB to split.
+
+    Customer fields are dropped here already, before DuckDB sees the page (the staging SQL drops
+    them too): DuckDB can write leftover heap bytes into the slack of compressed string blocks
+    (duckdb/duckdb#23382), so data that must never be stored must never be in its memory either.
+    A page (at most 50 leads) is re-serialized only when it carries such fields.
+    """
     response = client.post(LIST_PATH, params={"id": auth_id}, data={"ids": ",".join(ids)})
     data = response.data
     count = len(data) if isinstance(data, list | dict) else 0
-    return Page(b"[" + response.content + b"]", count, label=LEADS_STREAM, records_path="$[*]")
+    leads = data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
+    personal = [lead for lead in leads if isinstance(lead, dict) and not PERSONAL_FIELDS_SET.isdisjoint(lead)]
+    body = response.content
+    if personal:
+        for lead in personal:
+            for name in PERSONAL_FIELDS:
+                lead.pop(name, None)
+        body = orjson.dumps(data)
+    return Page(b"[" + body + b"]", count, label=LEADS_STREAM, records_path="$[*]")
 
 
 def sync_lead_statuses(
