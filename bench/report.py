@@ -203,7 +203,8 @@ def render(preset: dict[str, Any]) -> str:
         f"process start-up, views and summary outside the streams: {overhead:.1f}s)"
     )
     if any(v is not None for v in outside):
-        ratio += (f"\npeak RSS outside the streams (start-up, checks, views, marts, summary): full sync "
+        ratio += (f"\npeak RSS while no stream ran (start-up, checks, views, marts, summary; memory kept from "
+                  f"earlier streams counts too): full sync "
                   f"{_f(outside[0], '{:,.0f}')} MB, after +1 day {_f(outside[1], '{:,.0f}')} MB")
     target_rows = [
         [t["target"], str(t["value"]), t["goal"], {True: "ok", False: "MISS", None: "info"}[t["ok"]]]
