@@ -1,86 +1,144 @@
-"""Asset checks shared by every feed: the warehouse's data-quality contract, visible in the UI.
+"""Asset checks: the warehouse's data-quality contract, visible in the UI.
 
-A failing check names the offending keys or values in its metadata, so the UI says *what* is
-wrong, not only that something is.
+Each check is a :class:`WarehouseCheck` (its asset, its name and a function of a read-only
+connection). :func:`build_warehouse_checks` turns all of them into ONE Dagster multi-asset check
+that opens the warehouse once and evaluates every selected check: thirty checks as thirty steps
+would each pay a step and a database open. A failing check names the offending keys or values in
+its description and metadata, so the UI says *what* is wrong, not only that something is.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import dagster as dg
+import duckdb
 
 from pipelines.resources import WRITER_POOL, WarehouseResource
 
 SAMPLE = 20
 
 
-def _result(passed: bool, description: str, **metadata) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=passed, description=description, metadata=metadata)
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    description: str
+    metadata: dict = field(default_factory=dict)
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
 
 
-def run_check_query(warehouse: WarehouseResource, sql: str) -> list[tuple]:
-    with warehouse.open().connect(read_only=True) as con:
-        return con.execute(sql).fetchall()
+Evaluate = Callable[[duckdb.DuckDBPyConnection], Outcome]
 
 
-def known_status_check(asset: dg.AssetsDefinition | str, table: str) -> dg.AssetChecksDefinition:
+@dataclass(frozen=True)
+class WarehouseCheck:
+    asset: dg.AssetKey
+    name: str
+    description: str
+    evaluate: Evaluate
+
+    @property
+    def key(self) -> dg.AssetCheckKey:
+        return dg.AssetCheckKey(self.asset, self.name)
+
+
+def _key(asset: dg.AssetsDefinition | dg.AssetKey | str) -> dg.AssetKey:
+    if isinstance(asset, dg.AssetsDefinition):
+        return asset.key
+    return asset if isinstance(asset, dg.AssetKey) else dg.AssetKey(asset)
+
+
+def check(asset, name: str, description: str) -> Callable[[Evaluate], WarehouseCheck]:
+    """Decorator: ``@check(asset, name, description)`` over ``def evaluate(con) -> Outcome``."""
+
+    def wrap(evaluate: Evaluate) -> WarehouseCheck:
+        return WarehouseCheck(_key(asset), name, description, evaluate)
+
+    return wrap
+
+
+def build_warehouse_checks(checks: Sequence[WarehouseCheck]) -> dg.AssetChecksDefinition:
+    """All checks as one multi-asset check (subsettable: a run evaluates those of its assets)."""
+    by_key = {c.key: c for c in checks}
+    if len(by_key) != len(checks):
+        raise ValueError("two checks share an asset and a name")
+
+    @dg.multi_asset_check(
+        specs=[dg.AssetCheckSpec(c.name, asset=c.asset, description=c.description) for c in checks],
+        name="warehouse_checks",
+        can_subset=True,
+        pool=WRITER_POOL,
+        compute_kind="duckdb",
+    )
+    def warehouse_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
+        selected = context.selected_asset_check_keys
+        with warehouse.open(on_wait=context.log.warning).connect(read_only=True) as con:
+            for key, c in by_key.items():
+                if key not in selected:
+                    continue
+                outcome = c.evaluate(con)
+                yield dg.AssetCheckResult(
+                    asset_key=c.asset,
+                    check_name=c.name,
+                    passed=outcome.passed,
+                    description=outcome.description,
+                    metadata=outcome.metadata,
+                    severity=outcome.severity,
+                )
+
+    return warehouse_checks
+
+
+# -- the checks every feed uses ------------------------------------------------------------------
+
+
+def known_status_check(asset, table: str) -> WarehouseCheck:
     """Fails when a row carries a raw status the mapping does not know (``status`` NULL)."""
 
-    @dg.asset_check(
-        asset=asset,
-        name=f"{table}_known_statuses",
-        pool=WRITER_POOL,
-        description=f"Every {table}.source_status maps to a lifecycle_status (unknown values are kept "
-        "with status NULL and named here).",
+    @check(
+        asset,
+        f"{table}_known_statuses",
+        f"Every {table}.source_status maps to a lifecycle_status (unknown values are kept with "
+        "status NULL and named here).",
     )
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        rows = run_check_query(
-            warehouse,
+    def evaluate(con) -> Outcome:
+        rows = con.execute(
             f"SELECT source_status, count(*) FROM {table} "
-            "WHERE status IS NULL AND source_status IS NOT NULL GROUP BY ALL ORDER BY 2 DESC",
-        )
+            "WHERE status IS NULL AND source_status IS NOT NULL GROUP BY ALL ORDER BY 2 DESC"
+        ).fetchall()
         unknown = {str(value): count for value, count in rows}
         if not unknown:
-            return _result(True, "every status is known")
-        return _result(
+            return Outcome(True, "every status is known")
+        return Outcome(
             False,
             f"unknown status value(s): {', '.join(sorted(unknown))}",
-            unknown_values=dg.MetadataValue.json(unknown),
-            rows=sum(unknown.values()),
+            {"unknown_values": dg.MetadataValue.json(unknown), "rows": sum(unknown.values())},
         )
 
-    return _check
+    return evaluate
 
 
-def unique_key_check(
-    asset: dg.AssetsDefinition | str, table: str, key: Sequence[str]
-) -> dg.AssetChecksDefinition:
+def unique_key_check(asset, table: str, key: Sequence[str]) -> WarehouseCheck:
     """Fails when a key appears more than once, naming the duplicated keys."""
     cols = ", ".join(key)
 
-    @dg.asset_check(
-        asset=asset,
-        name=f"{table}_unique_keys",
-        pool=WRITER_POOL,
-        description=f"({cols}) is unique in {table}.",
-    )
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        rows = run_check_query(
-            warehouse,
+    @check(asset, f"{table}_unique_keys", f"({cols}) is unique in {table}.")
+    def evaluate(con) -> Outcome:
+        rows = con.execute(
             f"SELECT concat_ws(':', {cols}) AS k, count(*) FROM {table} GROUP BY ALL "
-            f"HAVING count(*) > 1 ORDER BY 2 DESC LIMIT {SAMPLE}",
-        )
+            f"HAVING count(*) > 1 ORDER BY 2 DESC LIMIT {SAMPLE}"
+        ).fetchall()
         if not rows:
-            return _result(True, "keys are unique")
-        return _result(
+            return Outcome(True, "keys are unique")
+        return Outcome(
             False,
-            f"{len(rows)}+ duplicated key(s), e.g. {rows[0][0]}",
-            duplicated_keys=dg.MetadataValue.json({k: n for k, n in rows}),
+            f"{len(rows)}{'+' if len(rows) == SAMPLE else ''} duplicated key(s), e.g. {rows[0][0]}",
+            {"duplicated_keys": dg.MetadataValue.json({k: n for k, n in rows})},
         )
 
-    return _check
+    return evaluate
 
 
-def standard_checks(asset: dg.AssetsDefinition | str, table: str, key: Sequence[str], *, has_status: bool = True):
+def standard_checks(asset, table: str, key: Sequence[str], *, has_status: bool = True) -> list[WarehouseCheck]:
     """The checks every entity table gets."""
     checks = [unique_key_check(asset, table, key)]
     if has_status:
@@ -88,19 +146,17 @@ def standard_checks(asset: dg.AssetsDefinition | str, table: str, key: Sequence[
     return checks
 
 
-def history_intervals_check(asset: dg.AssetsDefinition | str, source: str) -> dg.AssetChecksDefinition:
+def history_intervals_check(asset, source: str) -> WarehouseCheck:
     """status_history of one source: per entity, intervals neither overlap nor leave gaps, none
     ends before it starts, and exactly one is current (valid_to NULL)."""
 
-    @dg.asset_check(
-        asset=asset,
-        name=f"status_history_{source}_intervals",
-        pool=WRITER_POOL,
-        description=f"status_history for source '{source}': contiguous intervals, exactly one current per entity.",
+    @check(
+        asset,
+        f"status_history_{source}_intervals",
+        f"status_history for source '{source}': contiguous intervals, exactly one current per entity.",
     )
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        rows = run_check_query(
-            warehouse,
+    def evaluate(con) -> Outcome:
+        rows = con.execute(
             f"""
             WITH h AS (
                 SELECT entity_id, valid_from, valid_to,
@@ -123,39 +179,34 @@ def history_intervals_check(asset: dg.AssetsDefinition | str, source: str) -> dg
                 WHERE valid_to IS NULL AND n < intervals
             )
             SELECT problem, entity_id FROM problems ORDER BY ALL LIMIT {SAMPLE}
-            """,
-        )
+            """
+        ).fetchall()
         if not rows:
-            return _result(True, "history intervals are contiguous with one current row per entity")
+            return Outcome(True, "history intervals are contiguous with one current row per entity")
         offending: dict[str, list[str]] = {}
         for problem, entity in rows:
             offending.setdefault(problem, []).append(entity)
-        return _result(
+        return Outcome(
             False,
             "; ".join(f"{p}: {', '.join(e[:5])}" for p, e in offending.items()),
-            offending_entities=dg.MetadataValue.json(offending),
+            {"offending_entities": dg.MetadataValue.json(offending)},
         )
 
-    return _check
+    return evaluate
 
 
-def sql_check(
-    asset: dg.AssetsDefinition | str,
-    name: str,
-    description: str,
-    offending_sql: str,
-) -> dg.AssetChecksDefinition:
-    """A check that passes when ``offending_sql`` (returning ``key, detail``) returns no row."""
+def sql_check(asset, name: str, description: str, offending_sql: str) -> WarehouseCheck:
+    """Passes when ``offending_sql`` (returning ``key, detail``) returns no row."""
 
-    @dg.asset_check(asset=asset, name=name, pool=WRITER_POOL, description=description)
-    def _check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        rows = run_check_query(warehouse, f"SELECT * FROM ({offending_sql}) LIMIT {SAMPLE}")
+    @check(asset, name, description)
+    def evaluate(con) -> Outcome:
+        rows = con.execute(f"SELECT * FROM ({offending_sql}) LIMIT {SAMPLE}").fetchall()
         if not rows:
-            return _result(True, "no offending rows")
-        return _result(
+            return Outcome(True, "no offending rows")
+        return Outcome(
             False,
             f"{len(rows)}{'+' if len(rows) == SAMPLE else ''} offending row(s), e.g. {rows[0][0]}: {rows[0][1]}",
-            offending=dg.MetadataValue.json({str(k): str(v) for k, v in rows}),
+            {"offending": dg.MetadataValue.json({str(k): str(v) for k, v in rows})},
         )
 
-    return _check
+    return evaluate

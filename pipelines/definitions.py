@@ -12,7 +12,7 @@ import dagster as dg
 
 from pipelines.assets import cpamoe, marts, metapic, onlytraffic
 from pipelines.assets.views import SHARED_TABLES, build_view_assets
-from pipelines.checks import history_intervals_check, sql_check
+from pipelines.checks import build_warehouse_checks, history_intervals_check, sql_check
 from pipelines.schedules import OperationsSettings, automation_sensor, build_schedules, with_freshness
 from pipelines.resources import (
     CpamoeResource,
@@ -121,8 +121,8 @@ def _table_producers(assets: list[dg.AssetsDefinition]) -> dict[str, list[dg.Ass
     return producers
 
 
-def _mart_checks(view_assets: list[dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
-    by_name = {a.key.to_user_string(): a for a in [*INGESTION_ASSETS, *view_assets]}
+def _mart_checks(view_assets: list[dg.AssetsDefinition]) -> list:
+    by_name = {k.to_user_string(): k for a in [*INGESTION_ASSETS, *view_assets] for k in a.keys}
     checks = [
         history_intervals_check(by_name[name], source)
         for name, source in HISTORY_SOURCES.items()
@@ -175,7 +175,9 @@ def build_defs() -> dg.Definitions:
             *marts.ASSETS,
             *view_assets,
         ],
-        asset_checks=[*(c for m in SOURCE_MODULES for c in m.CHECKS), *_mart_checks(view_assets)],
+        asset_checks=[
+            build_warehouse_checks([*(c for m in SOURCE_MODULES for c in m.CHECKS), *_mart_checks(view_assets)])
+        ],
         jobs=[sync_all, *(j for m in SOURCE_MODULES for j in m.JOBS)],
         schedules=[
             *build_schedules(sync_all, full_refresh_run_config(), LATEST_DAY_JOBS, settings),

@@ -8,7 +8,7 @@ credentials); ``cpamoe_leads`` then polls list.json for every registered lead th
 import dagster as dg
 
 from pipelines.assets.common import SyncConfig, materialize
-from pipelines.checks import SAMPLE, run_check_query, standard_checks
+from pipelines.checks import SAMPLE, Outcome, check, standard_checks
 from pipelines.resources import WRITER_POOL, CpamoeResource, WarehouseResource
 from pipelines.sources import cpamoe as source
 from pipelines.sources.cpamoe_register import load_lead_register
@@ -68,44 +68,41 @@ def cpamoe_leads(
     return materialize(context, sync)
 
 
-@dg.asset_check(
-    asset=cpamoe_leads,
-    name="cpamoe_leads_known_codes",
-    pool=WRITER_POOL,
-    description="Every status and reason code of cpamoe_leads is one the docs list (unknown codes "
-    "are kept with a NULL name and named here).",
+@check(
+    cpamoe_leads,
+    "cpamoe_leads_known_codes",
+    "Every status and reason code of cpamoe_leads is one the docs list (unknown codes are kept "
+    "with a NULL name and named here).",
 )
-def cpamoe_leads_known_codes(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    rows = run_check_query(warehouse, source.unknown_codes_sql())
+def cpamoe_leads_known_codes(con) -> Outcome:
+    rows = con.execute(source.unknown_codes_sql()).fetchall()
     if not rows:
-        return dg.AssetCheckResult(passed=True, description="every code is known")
+        return Outcome(True, "every code is known")
     unknown = {f"{field}={value}": n for field, value, n in rows}
-    return dg.AssetCheckResult(
-        passed=False,
-        description=f"unknown code(s): {', '.join(sorted(unknown))}",
-        metadata={"unknown_values": dg.MetadataValue.json(unknown), "rows": sum(unknown.values())},
+    return Outcome(
+        False,
+        f"unknown code(s): {', '.join(sorted(unknown))}",
+        {"unknown_values": dg.MetadataValue.json(unknown), "rows": sum(unknown.values())},
     )
 
 
-@dg.asset_check(
-    asset=cpamoe_leads,
-    name="cpamoe_leads_found",
-    pool=WRITER_POOL,
-    description="Every polled lead was returned by list.json (a warning names those that were not).",
+@check(
+    cpamoe_leads,
+    "cpamoe_leads_found",
+    "Every polled lead was returned by list.json (a warning names those that were not).",
 )
-def cpamoe_leads_found(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-    rows = run_check_query(
-        warehouse,
-        f"SELECT lead_id, not_found_at FROM cpamoe_leads WHERE found = false ORDER BY lead_id LIMIT {SAMPLE}",
-    )
-    total = run_check_query(warehouse, "SELECT count(*) FROM cpamoe_leads WHERE found = false")[0][0]
+def cpamoe_leads_found(con) -> Outcome:
+    rows = con.execute(
+        f"SELECT lead_id, not_found_at FROM cpamoe_leads WHERE found = false ORDER BY lead_id LIMIT {SAMPLE}"
+    ).fetchall()
+    total = con.execute("SELECT count(*) FROM cpamoe_leads WHERE found = false").fetchone()[0]
     if not total:
-        return dg.AssetCheckResult(passed=True, description="every polled lead was found")
-    return dg.AssetCheckResult(
-        passed=False,
+        return Outcome(True, "every polled lead was found")
+    return Outcome(
+        False,
+        f"{total} lead(s) not found at cpa.moe, e.g. {rows[0][0]}",
+        {"not_found": dg.MetadataValue.json({r[0]: r[1].isoformat() for r in rows})},
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{total} lead(s) not found at cpa.moe, e.g. {rows[0][0]}",
-        metadata={"not_found": dg.MetadataValue.json({r[0]: r[1].isoformat() for r in rows})},
     )
 
 
