@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,9 +126,17 @@ def show(driver, url: str, texts: list[str], timeout: float = 90, reload: bool =
 
 
 def screenshot(driver, name: str) -> Path:
-    """Save a screenshot under docs/ and check it is a real PNG of the window's size."""
-    path = DOCS / name
-    DOCS.mkdir(exist_ok=True)
+    """Take a screenshot and check it is a real PNG of the window's size.
+
+    It replaces the README's copy under docs/ only when that is missing or when
+    UPDATE_SCREENSHOTS=1, so a test run does not leave the working tree modified; otherwise it is
+    kept in the system temp folder for a look.
+    """
+    if not (DOCS / name).exists() or os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        path = DOCS / name
+    else:
+        path = Path(tempfile.gettempdir()) / f"affwh-{name}"
     assert driver.save_screenshot(str(path))
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
