@@ -100,3 +100,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a long test; deselect with -m 'not slow'")
     # the reliability tests' fixtures (`site`, and `reference`: built once per session)
     config.pluginmanager.import_plugin("reliability_fixtures")
+
+
+_exit_status = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process as soon as pytest is done, with its exit status.
+
+    DuckDB 2.0's Python binding (nanobind) prints hundreds of "leaked instance" lines while the
+    interpreter shuts down, after pytest's summary, burying the line that says how the run went.
+    Nothing useful happens after this hook, so skip interpreter finalization.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_exit_status)
