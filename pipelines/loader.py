@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,7 +96,8 @@ class StreamLoad:
         *,
         run_id: str,
         key_sql: str | None = None,
-        batch_bytes: int = 8 * 1024 * 1024,
+        batch_bytes: int = 4 * 1024 * 1024,
+        batch_records: int = 1000,
         on_progress: Callable[[str, int], None] | None = None,
     ) -> None:
         self.warehouse = warehouse
@@ -104,6 +106,8 @@ class StreamLoad:
         self.run_id = run_id
         self.key_sql = key_sql or "NULL"
         self.batch_bytes = batch_bytes
+        self.batch_records = batch_records
+        self._batch_records = 0
         self.on_progress = on_progress
         self.records_received = 0
         self.pages_received = 0
@@ -113,6 +117,7 @@ class StreamLoad:
         self.con: duckdb.DuckDBPyConnection | None = None
         self._dir: Path | None = None
         self._staging: StagingDir | None = None
+        self._typed: set[str] = set()  # tables whose typed_<table> staging table exists
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,9 +173,14 @@ class StreamLoad:
             return
         self._batch.append(page)
         self._batch_size += len(page.body)
-        # DuckDB works on up to 2048 rows at once: a batch of many large bodies would be parsed
-        # in one go, so batches are bounded in bytes and in pages to keep memory flat.
-        if self._batch_size >= self.batch_bytes or len(self._batch) >= 32:
+        self._batch_records += page.records
+        # DuckDB's JSON functions keep what they parse until a statement ends, so the memory of a
+        # statement grows with the records it reads: batches are bounded in records and bytes.
+        if (
+            self._batch_size >= self.batch_bytes
+            or self._batch_records >= self.batch_records
+            or len(self._batch) >= 32
+        ):
             self.flush()
         if self.on_progress:
             self.on_progress(page.label or self.stream, page.records)
@@ -204,27 +214,54 @@ class StreamLoad:
                 self.con.execute(
                     f"""
                     INSERT INTO recs
-                    SELECT seq, generate_subscripts(l, 1), listed_status, label, NULL, unnest(l)
-                    FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
-                          FROM page_batch WHERE path = {literal})
+                    SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
+                    FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
+                          FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
+                                FROM page_batch WHERE path = {literal}))
                     """
                 )
         finally:
             self.con.unregister("page_batch")
         self._batch.clear()
         self._batch_size = 0
+        self._batch_records = 0
+        self._type_batch(seqs[0], seqs[-1])
+
+    def _type_batch(self, first_seq: int, last_seq: int) -> None:
+        """Type and validate the records of pages ``first_seq..last_seq`` into ``typed_<table>``.
+
+        Done batch by batch while the next pages are being fetched, so the typing work overlaps
+        the APIs' latency and each statement works on a batch, not on the whole run (DuckDB's
+        JSON functions hold their parse buffers for a whole statement).
+        """
+        assert self.con is not None
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP VIEW recs_batch AS "
+            f"SELECT * FROM recs WHERE seq BETWEEN {int(first_seq)} AND {int(last_seq)}"
+        )
+        for spec in self.specs:
+            if not _reads_recs(spec):
+                continue  # built from a table the feed derives at the end: typed at commit
+            if spec.records_sql is None:
+                relation = "SELECT seq, pos, listed_status, rec FROM recs_batch"
+            else:
+                # Materialized first: inlined, DuckDB would re-evaluate the JSON the feed builds
+                # (e.g. json_merge_patch) for every use of ``rec`` below, and hold each result.
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {_over_batch(spec.records_sql)}")
+                relation = "SELECT * FROM records_batch"
+            typed = _q("typed_" + spec.table)
+            select = typed_select_sql(spec, relation)
+            if spec.table in self._typed:
+                self.con.execute(f"INSERT INTO {typed} {select}")
+            else:
+                self.con.execute(f"CREATE OR REPLACE TABLE {typed} AS {select}")
+                self._typed.add(spec.table)
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         """Run a read query against staging (flushes pending pages first)."""
         self.flush()
         assert self.con is not None
-        self._fill_keys()
         return self.con.execute(sql, params or []).fetchall()
-
-    def _fill_keys(self) -> None:
-        assert self.con is not None
-        if self.key_sql != "NULL":
-            self.con.execute(f"UPDATE recs SET key = {self.key_sql} WHERE key IS NULL")
 
     # -- commit ------------------------------------------------------------------------------
 
@@ -249,11 +286,14 @@ class StreamLoad:
         """
         self.flush()
         assert self.con is not None
-        self._fill_keys()
         con = self.con
         for spec in self.specs:
-            relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
-            con.execute(f"CREATE OR REPLACE TABLE {_q('typed_' + spec.table)} AS {typed_select_sql(spec, relation)}")
+            if spec.table not in self._typed:
+                # typed at commit: a spec over a table the feed derives at the end, or nothing
+                # was staged (an empty typed table)
+                con.execute("CREATE OR REPLACE TEMP VIEW recs_batch AS SELECT * FROM recs")
+                relation = _over_batch(spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs")
+                con.execute(f"CREATE OR REPLACE TABLE {_q('typed_' + spec.table)} AS {typed_select_sql(spec, relation)}")
             con.execute(_dedupe_sql(spec))
 
         with self.warehouse.attach(con, WH):
@@ -460,6 +500,16 @@ class StreamLoad:
                 json.dumps(warnings),
             ],
         )
+
+
+def _reads_recs(spec: TableSpec) -> bool:
+    """Whether a spec's records come straight from the staged pages (then typed batch by batch)."""
+    return spec.records_sql is None or re.search(r"\brecs\b", spec.records_sql) is not None
+
+
+def _over_batch(relation_sql: str) -> str:
+    """``relation_sql`` (a query over the staged ``recs``) restricted to the current batch."""
+    return re.sub(r"\brecs\b", "recs_batch", relation_sql)
 
 
 def _dedupe_sql(spec: TableSpec) -> str:

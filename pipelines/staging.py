@@ -10,6 +10,8 @@ than being silently coerced. A missing optional field is simply NULL; unknown fi
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 
 from models.status import STATUS_MAPPINGS, TERMINAL_STATUSES, status_case_sql
@@ -98,33 +100,84 @@ def _types(kinds: tuple[str, ...]) -> str:
     return "(" + ", ".join(_lit(k) for k in kinds) + ")"
 
 
+_SEGMENT = re.compile(r'\.(?:([A-Za-z0-9_]+)|"([^"]+)")')
+
+
+def _segments(path: str) -> list[str] | None:
+    """``$.a.b`` / ``$."a b".c`` -> ["a", "b"]; None for paths a struct cannot express."""
+    if not path.startswith("$"):
+        return None
+    rest, parts = path[1:], []
+    while rest:
+        m = _SEGMENT.match(rest)
+        if not m:
+            return None
+        parts.append(m.group(1) or m.group(2))
+        rest = rest[m.end():]
+    return parts or None
+
+
+def _path(parts: list[str]) -> str:
+    return "$" + "".join(f".{p}" if re.fullmatch(r"[A-Za-z0-9_]+", p) else f'."{p}"' for p in parts)
+
+
 class _Paths:
     """Every JSON path a spec reads, extracted in ONE parse per record.
 
-    DuckDB's JSON functions re-parse the document on every call; with dozens of fields per record
-    that is dozens of parses (and parse buffers) per row. ``json_type(rec, [paths])`` and
-    ``json_extract_string(rec, [paths])`` read all paths at once; fields index into those lists.
+    DuckDB's JSON functions parse the whole document on every call and keep the parse until the
+    statement ends, so reading forty fields with forty calls costs forty parses per record and
+    memory in proportion (hundreds of MB for a batch of wide records). ``json_transform`` parses
+    each record once into a struct whose leaves are small JSON values; fields then read their
+    leaf (``json_type``/``json_extract_string`` on a few bytes). A path under another requested
+    path reads from that one's leaf; a path a struct cannot express (array indexes, wildcards) is
+    read from the record itself.
     """
 
-    def __init__(self) -> None:
-        self.paths: list[str] = []
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(dict.fromkeys(paths))
+        self.tree: dict = {}
+        for path in sorted(self.paths, key=lambda p: len(_segments(p) or [])):
+            parts = _segments(path)
+            if parts is None or self._covered(parts):
+                continue
+            node = self.tree
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = "JSON"
 
-    def index(self, path: str) -> int:
-        if path not in self.paths:
-            self.paths.append(path)
-        return self.paths.index(path) + 1  # DuckDB lists are 1-based
+    def _covered(self, parts: list[str]) -> list[str] | None:
+        """The requested prefix (a JSON leaf) a longer path lies under, if any."""
+        for cut in range(1, len(parts)):
+            if _path(parts[:cut]) in self.paths:
+                return parts[:cut]
+        return None
+
+    def _leaf(self, path: str) -> tuple[str, str]:
+        """(JSON value expression, path within it) for one requested path."""
+        parts = _segments(path)
+        if parts is None:
+            return "rec", path
+        prefix = self._covered(parts)
+        if prefix is not None:
+            return _access(prefix), _path(parts[len(prefix):])
+        return _access(parts), "$"
 
     def jt(self, path: str) -> str:
-        return f"_t[{self.index(path)}]"
+        value, inner = self._leaf(path)
+        return f"json_type({value})" if inner == "$" else f"json_type({value}, {_lit(inner)})"
 
     def s(self, path: str) -> str:
-        return f"_s[{self.index(path)}]"
+        value, inner = self._leaf(path)
+        return f"json_extract_string({value}, {_lit(inner)})"
 
     def select_list(self, rec: str = "rec") -> str:
-        if not self.paths:
-            return "NULL AS _t, NULL AS _s"
-        paths = "[" + ", ".join(_lit(p) for p in self.paths) + "]"
-        return f"json_type({rec}, {paths}) AS _t, json_extract_string({rec}, {paths}) AS _s"
+        if not self.tree:
+            return "NULL AS _j"
+        return f"json_transform({rec}, {_lit(json.dumps(self.tree))}) AS _j"
+
+
+def _access(parts: list[str]) -> str:
+    return "_j" + "".join(f"[{_lit(p)}]" for p in parts)
 
 
 def field_sql(f: Field, paths: _Paths, rec: str = "rec") -> tuple[str, str | None]:
@@ -203,7 +256,10 @@ def reason_sql(f: Field, paths: _Paths) -> str | None:
 def typed_select_sql(spec: TableSpec, source_relation: str) -> str:
     """SELECT producing, per staged record: seq, pos, the typed columns, source_status, status,
     raw, row_hash, entity_id and ``_reason`` (NULL when the record is valid)."""
-    paths = _Paths()
+    wanted = [p for f in spec.fields if f.sql is None for p in (f.path, f.epoch_fallback) if p]
+    if spec.has_status and spec.status_path:
+        wanted.append(spec.status_path)
+    paths = _Paths(wanted)
     cols = []
     reasons = []
     for f in spec.fields:
