@@ -208,12 +208,14 @@ class StreamLoad:
         )
         self.con.register("page_batch", batch)
         try:
-            # One statement per batch (and records path): DuckDB splits every body into records.
+            # One statement per batch (and records path): DuckDB splits every body into records,
+            # into a table of this batch alone (typed next), then appended to ``recs``.
+            self.con.execute("CREATE OR REPLACE TEMP TABLE recs_batch AS SELECT * FROM recs LIMIT 0")
             for path in sorted(set(paths)):
                 literal = "'" + path.replace("'", "''") + "'"
                 self.con.execute(
                     f"""
-                    INSERT INTO recs
+                    INSERT INTO recs_batch
                     SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
                     FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
                           FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
@@ -225,20 +227,17 @@ class StreamLoad:
         self._batch.clear()
         self._batch_size = 0
         self._batch_records = 0
-        self._type_batch(seqs[0], seqs[-1])
+        self._type_batch()
+        self.con.execute("INSERT INTO recs SELECT * FROM recs_batch")
 
-    def _type_batch(self, first_seq: int, last_seq: int) -> None:
-        """Type and validate the records of pages ``first_seq..last_seq`` into ``typed_<table>``.
+    def _type_batch(self) -> None:
+        """Type and validate the records of the batch (``recs_batch``) into ``typed_<table>``.
 
         Done batch by batch while the next pages are being fetched, so the typing work overlaps
         the APIs' latency and each statement works on a batch, not on the whole run (DuckDB's
         JSON functions hold their parse buffers for a whole statement).
         """
         assert self.con is not None
-        self.con.execute(
-            f"CREATE OR REPLACE TEMP VIEW recs_batch AS "
-            f"SELECT * FROM recs WHERE seq BETWEEN {int(first_seq)} AND {int(last_seq)}"
-        )
         for spec in self.specs:
             if not _reads_recs(spec):
                 continue  # built from a table the feed derives at the end: typed at commit
@@ -291,8 +290,7 @@ class StreamLoad:
             if spec.table not in self._typed:
                 # typed at commit: a spec over a table the feed derives at the end, or nothing
                 # was staged (an empty typed table)
-                con.execute("CREATE OR REPLACE TEMP VIEW recs_batch AS SELECT * FROM recs")
-                relation = _over_batch(spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs")
+                relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
                 con.execute(f"CREATE OR REPLACE TABLE {_q('typed_' + spec.table)} AS {typed_select_sql(spec, relation)}")
             con.execute(_dedupe_sql(spec))
 

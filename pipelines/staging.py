@@ -163,12 +163,21 @@ class _Paths:
         return _access(parts), "$"
 
     def jt(self, path: str) -> str:
-        value, inner = self._leaf(path)
-        return f"json_type({value})" if inner == "$" else f"json_type({value}, {_lit(inner)})"
+        """Column holding the JSON type of ``path``'s value (NULL when absent)."""
+        return f"_t{self.paths.index(path)}"
 
     def s(self, path: str) -> str:
-        value, inner = self._leaf(path)
-        return f"json_extract_string({value}, {_lit(inner)})"
+        """Column holding ``path``'s value as text."""
+        return f"_s{self.paths.index(path)}"
+
+    def leaf_columns(self) -> str:
+        """Each path's JSON type and text, computed once per record (then referred to by name)."""
+        cols = []
+        for i, path in enumerate(self.paths):
+            value, inner = self._leaf(path)
+            jt = f"json_type({value})" if inner == "$" else f"json_type({value}, {_lit(inner)})"
+            cols.append(f"{jt} AS _t{i}, json_extract_string({value}, {_lit(inner)}) AS _s{i}")
+        return ", ".join(cols) if cols else "NULL AS _t"
 
     def select_list(self, rec: str = "rec") -> str:
         if not self.tree:
@@ -280,6 +289,7 @@ def typed_select_sql(spec: TableSpec, source_relation: str) -> str:
     cols.append(f"md5(coalesce({status_for_hash}, '') || '|' || CAST(rec AS VARCHAR)) AS row_hash")
     reason = "NULLIF(concat_ws('; ', " + ", ".join(reasons) + "), '')" if reasons else "NULL"
     select = ", ".join(cols)
-    extracted = f"SELECT *, {paths.select_list()} FROM ({source_relation}) AS src"
+    parsed = f"SELECT *, {paths.select_list()} FROM ({source_relation}) AS src"
+    extracted = f"SELECT *, {paths.leaf_columns()} FROM ({parsed}) AS p"
     inner = f"SELECT seq, pos, listed_status, {select}, {reason} AS _reason FROM ({extracted}) AS x"
     return f"SELECT *, {spec.entity_id_sql()} AS entity_id FROM ({inner}) AS typed"
