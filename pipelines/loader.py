@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from models.status import LIFECYCLE_STATUSES
 from pipelines.clock import utc_now
@@ -197,33 +196,29 @@ class StreamLoad:
             labels.append(page.label)
             bodies.append(page.body.decode() if isinstance(page.body, bytes) else page.body)
             paths.append(page.records_path)
-        batch = pa.table(
-            {
-                "seq": pa.array(seqs, pa.int64()),
-                "listed_status": pa.array(statuses, pa.string()),
-                "label": pa.array(labels, pa.string()),
-                "body": pa.array(bodies, pa.large_string()),
-                "path": pa.array(paths, pa.string()),
-            }
+        # The batch goes in as list parameters: no Arrow or pandas conversion (duckdb's
+        # ``register`` would import pandas, ~40 MB, just to check the object's type).
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE page_batch AS SELECT CAST(unnest($1) AS BIGINT) AS seq, "
+            "CAST(unnest($2) AS VARCHAR) AS listed_status, CAST(unnest($3) AS VARCHAR) AS label, "
+            "CAST(unnest($4) AS VARCHAR) AS body, CAST(unnest($5) AS VARCHAR) AS path",
+            [seqs, statuses, labels, bodies, paths],
         )
-        self.con.register("page_batch", batch)
-        try:
-            # One statement per batch (and records path): DuckDB splits every body into records,
-            # into a table of this batch alone (typed next), then appended to ``recs``.
-            self.con.execute("CREATE OR REPLACE TEMP TABLE recs_batch AS SELECT * FROM recs LIMIT 0")
-            for path in sorted(set(paths)):
-                literal = "'" + path.replace("'", "''") + "'"
-                self.con.execute(
-                    f"""
-                    INSERT INTO recs_batch
-                    SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
-                    FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
-                          FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
-                                FROM page_batch WHERE path = {literal}))
-                    """
-                )
-        finally:
-            self.con.unregister("page_batch")
+        # One statement per batch (and records path): DuckDB splits every body into records, into
+        # a table of this batch alone (typed next), then appended to ``recs``.
+        self.con.execute("CREATE OR REPLACE TEMP TABLE recs_batch AS SELECT * FROM recs LIMIT 0")
+        for path in sorted(set(paths)):
+            literal = "'" + path.replace("'", "''") + "'"
+            self.con.execute(
+                f"""
+                INSERT INTO recs_batch
+                SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
+                FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
+                      FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
+                            FROM page_batch WHERE path = {literal}))
+                """
+            )
+        self.con.execute("DROP TABLE page_batch")
         self._batch.clear()
         self._batch_size = 0
         self._batch_records = 0

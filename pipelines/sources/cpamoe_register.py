@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from pipelines.loader import StreamLoad
 from pipelines.staging import Field, TableSpec
@@ -134,7 +133,7 @@ class ParsedFile:
 
 
 def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, file_name: str) -> ParsedFile:
-    """Append the file's lines to ``csv_rows`` in Arrow chunks; raise FileRejected for the file.
+    """Append the file's lines to ``csv_rows`` in chunks; raise FileRejected for the file.
 
     Only the ``id``/``offer``/``submitted_at`` columns are kept; nothing else is staged.
     """
@@ -162,19 +161,20 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, file_name: str) -> Par
         ignored = [h.strip()[:60] for h, n in zip(header, names, strict=True) if n not in LOADED_COLUMNS]
         rows = 0
         try:
-            for chunk in _chunks(text, delimiter, index, file_name):
-                con.register("csv_chunk", chunk)
-                try:
-                    con.execute("INSERT INTO csv_rows SELECT * FROM csv_chunk")
-                finally:
-                    con.unregister("csv_chunk")
-                rows += chunk.num_rows
+            for chunk in _chunks(text, delimiter, index):
+                # list parameters: no Arrow/pandas conversion (duckdb's register imports pandas)
+                con.execute(
+                    "INSERT INTO csv_rows SELECT $1, CAST(unnest($2) AS BIGINT), CAST(unnest($3) AS BIGINT), "
+                    "CAST(unnest($4) AS VARCHAR), CAST(unnest($5) AS VARCHAR), CAST(unnest($6) AS VARCHAR)",
+                    [file_name, chunk["line"], chunk["nfields"], chunk["id"], chunk["offer"], chunk["submitted_at"]],
+                )
+                rows += len(chunk["line"])
         except csv.Error as exc:
             raise FileRejected(f"malformed CSV: {exc}") from None
     return ParsedFile(len(header), ignored, rows, digest.hexdigest())
 
 
-def _chunks(text: io.TextIOBase, delimiter: str, index: dict[str, int], file_name: str) -> Iterator[pa.Table]:
+def _chunks(text: io.TextIOBase, delimiter: str, index: dict[str, int]) -> Iterator[dict[str, list]]:
     reader = csv.reader(text, delimiter=delimiter)
     reader_line = 1  # the header was line 1
     columns: dict[str, list] = {"line": [], "nfields": [], "id": [], "offer": [], "submitted_at": []}
@@ -201,24 +201,10 @@ def _chunks(text: io.TextIOBase, delimiter: str, index: dict[str, int], file_nam
         for name in LOADED_COLUMNS:
             columns[name].append(cell(fields, name))
         if len(columns["line"]) >= CHUNK_ROWS:
-            yield _arrow(columns, file_name)
+            yield columns
             columns = {k: [] for k in columns}
     if columns["line"]:
-        yield _arrow(columns, file_name)
-
-
-def _arrow(columns: dict[str, list], file_name: str) -> pa.Table:
-    n = len(columns["line"])
-    return pa.table(
-        {
-            "file_name": pa.array([file_name] * n, pa.string()),
-            "line": pa.array(columns["line"], pa.int64()),
-            "nfields": pa.array(columns["nfields"], pa.int64()),
-            "id": pa.array(columns["id"], pa.string()),
-            "offer": pa.array(columns["offer"], pa.string()),
-            "submitted_at": pa.array(columns["submitted_at"], pa.string()),
-        }
-    )
+        yield columns
 
 
 # -- validating ----------------------------------------------------------------------------
