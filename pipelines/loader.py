@@ -4,15 +4,18 @@ How a sync of one stream flows:
 
 1. :meth:`StreamLoad.read_state` briefly attaches the warehouse read-only and copies what the
    fetch plan needs (the stream's cursor, the entities still open) into the staging database.
-2. Pages are appended, batched as Arrow, to an in-memory *staging* DuckDB database: DuckDB's JSON
-   reader splits them into records (no Python loop per record). Memory stays flat whatever the
-   history size: beyond ``memory_limit`` DuckDB spills to a folder next to the warehouse, and
-   pages are not kept in Python.
-3. :meth:`StreamLoad.commit` types and validates the records in SQL (:mod:`pipelines.staging`),
-   attaches the warehouse and, in one transaction, writes quarantined records, upserts only the
-   rows whose content changed, closes and opens ``status_history`` intervals, and advances the
-   stream's cursor in ``sync_state``. A crash or a failed request before that commit leaves the
-   warehouse and the cursor exactly as they were; readers never see half a sync.
+2. Pages are appended, in batches (each one SQL statement with the batch's bodies as columnar
+   list parameters), to an in-memory *staging* DuckDB database: DuckDB's JSON reader splits them
+   into records (no Python loop per record), and each batch is typed and validated in SQL
+   (:mod:`pipelines.staging`) while the next pages are being fetched. Memory stays flat whatever
+   the history size: batches are bounded, beyond ``memory_limit`` DuckDB spills to a folder next
+   to the warehouse, and pages are not kept in Python. (Not Arrow or pandas: handing either to
+   DuckDB imports pandas, +110 MB of RSS per sync for no speed gain at these batch sizes.)
+3. :meth:`StreamLoad.commit` attaches the warehouse and, in one transaction, writes quarantined
+   records, upserts only the rows whose content changed, closes and opens ``status_history``
+   intervals, and advances the stream's cursor in ``sync_state``. A crash or a failed request
+   before that commit leaves the warehouse and the cursor exactly as they were; readers never
+   see half a sync.
 
 The warehouse file is locked only during steps 1 and 3, not while the APIs are being read.
 """
