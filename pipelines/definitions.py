@@ -41,7 +41,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(
             path=env("WAREHOUSE_PATH"),
-            memory_limit=os.environ.get("WAREHOUSE_MEMORY_LIMIT", "128MB"),
+            memory_limit=os.environ.get("WAREHOUSE_MEMORY_LIMIT", "192MB"),
         ),
         "onlytraffic_marketer": OnlyTrafficMarketerResource(
             base_url=env("ONLYTRAFFIC_MARKETER_BASE_URL"),

@@ -100,6 +100,8 @@ class StreamLoad:
         key_sql: str | None = None,
         batch_bytes: int = 4 * 1024 * 1024,
         batch_records: int = 1000,
+        batch_pages: int = 32,
+        batch_tables: dict[str, str] | None = None,
         on_progress: Callable[[str, int], None] | None = None,
     ) -> None:
         self.warehouse = warehouse
@@ -109,6 +111,7 @@ class StreamLoad:
         self.key_sql = key_sql or "NULL"
         self.batch_bytes = batch_bytes
         self.batch_records = batch_records
+        self.batch_pages = batch_pages
         self._batch_records = 0
         self.on_progress = on_progress
         self.records_received = 0
@@ -120,6 +123,10 @@ class StreamLoad:
         self._dir: Path | None = None
         self._staging: StagingDir | None = None
         self._typed: set[str] = set()  # tables whose typed_<table> staging table exists
+        # name -> query over ``recs``: a table a feed derives from its records, built batch by
+        # batch (``<name>_batch`` holds the current batch's rows) so its JSON work stays bounded
+        self.batch_tables = dict(batch_tables or {})
+        self._batch_tables_made: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class StreamLoad:
         if (
             self._batch_size >= self.batch_bytes
             or self._batch_records >= self.batch_records
-            or len(self._batch) >= 32
+            or len(self._batch) >= self.batch_pages
         ):
             self.flush()
         if self.on_progress:
@@ -189,6 +196,7 @@ class StreamLoad:
 
     def flush(self) -> None:
         if not self._batch:
+            self._make_batch_tables()
             return
         assert self.con is not None
         seqs, statuses, labels, bodies, paths = [], [], [], [], []
@@ -225,8 +233,28 @@ class StreamLoad:
         self._batch.clear()
         self._batch_size = 0
         self._batch_records = 0
+        self._derive_batch_tables()
         self._type_batch()
         self.con.execute("INSERT INTO recs SELECT * FROM recs_batch")
+
+    def _derive_batch_tables(self) -> None:
+        """Append this batch's rows of every ``batch_tables`` table (and keep them as ``<name>_batch``)."""
+        assert self.con is not None
+        for name, query in self.batch_tables.items():
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {_q(name + '_batch')} AS {_over_batch(query)}")
+            if name in self._batch_tables_made:
+                self.con.execute(f"INSERT INTO {_q(name)} SELECT * FROM {_q(name + '_batch')}")
+            else:
+                self.con.execute(f"CREATE OR REPLACE TABLE {_q(name)} AS SELECT * FROM {_q(name + '_batch')}")
+                self._batch_tables_made.add(name)
+
+    def _make_batch_tables(self) -> None:
+        """Create (empty) the ``batch_tables`` no batch has created: the feed may query them."""
+        assert self.con is not None
+        for name, query in self.batch_tables.items():
+            if name not in self._batch_tables_made:
+                self.con.execute(f"CREATE OR REPLACE TABLE {_q(name)} AS {query} LIMIT 0")
+                self._batch_tables_made.add(name)
 
     def _type_batch(self) -> None:
         """Type and validate the records of the batch (``recs_batch``) into ``typed_<table>``.
@@ -237,14 +265,15 @@ class StreamLoad:
         """
         assert self.con is not None
         for spec in self.specs:
-            if not _reads_recs(spec):
+            if not _reads_recs(spec, self.batch_tables):
                 continue  # built from a table the feed derives at the end: typed at commit
             if spec.records_sql is None:
                 relation = "SELECT seq, pos, listed_status, rec FROM recs_batch"
             else:
                 # Materialized first: inlined, DuckDB would re-evaluate the JSON the feed builds
                 # (e.g. json_merge_patch) for every use of ``rec`` below, and hold each result.
-                self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {_over_batch(spec.records_sql)}")
+                batch_sql = _over_batch(spec.records_sql, self.batch_tables)
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {batch_sql}")
                 relation = "SELECT * FROM records_batch"
             typed = _q("typed_" + spec.table)
             select = typed_select_sql(spec, relation)
@@ -376,16 +405,31 @@ class StreamLoad:
             f"SELECT {', '.join(select_cols)} FROM delta AS d WHERE d.is_new",
             {"now": now, "run": self.run_id},
         )
-        updatable = [c for c in (spec.update_columns or columns) if c not in spec.key]
-        sets = [f"{_q(c)} = d.{_q(c)}" for c in updatable]
-        sets += [f"{c} = CAST(d.{c} AS VARCHAR)" for c in status_cols]
-        sets += ["raw = d.raw", "row_hash = d.row_hash", "synced_at = $now", "run_id = $run"]
-        key_join_d = " AND ".join(f"{target}.{_q(k)} = d.{_q(k)}" for k in spec.key)
+        if res.updated:
+            self._replace_changed_rows(spec, target, status_cols, now)
+        return res
+
+    def _replace_changed_rows(self, spec: TableSpec, target: str, status_cols: list[str], now: datetime) -> None:
+        """Rewrite the changed rows as delete + insert, not UPDATE: DuckDB keeps an UPDATE's old
+        values in memory until the commit (a first poll of 500 000 leads needs more than 384 MB),
+        while deleted rows are markers and inserted rows spill. Columns the feed does not update
+        (``first_seen_at``, what another feed wrote) are carried over from the old row."""
+        con = self.con
+        assert con is not None
+        updatable = [c for c in (spec.update_columns or spec.columns) if c not in spec.key]
+        replace = [f"d.{_q(c)} AS {_q(c)}" for c in updatable]
+        replace += [f"CAST(d.{c} AS VARCHAR) AS {c}" for c in status_cols]
+        replace += ["d.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
+        key_join = " AND ".join(f"t.{_q(k)} = d.{_q(k)}" for k in spec.key)
         con.execute(
-            f"UPDATE {target} SET {', '.join(sets)} FROM delta AS d WHERE {key_join_d} AND NOT d.is_new",
+            f"CREATE OR REPLACE TEMP TABLE replaced AS SELECT t.* REPLACE ({', '.join(replace)}) "
+            f"FROM {target} AS t JOIN delta AS d ON {key_join} WHERE NOT d.is_new",
             {"now": now, "run": self.run_id},
         )
-        return res
+        key_join_d = " AND ".join(f"{target}.{_q(k)} = d.{_q(k)}" for k in spec.key)
+        con.execute(f"DELETE FROM {target} USING delta AS d WHERE {key_join_d} AND NOT d.is_new")
+        con.execute(f"INSERT INTO {target} SELECT * FROM replaced")
+        con.execute("DROP TABLE replaced")
 
     def _write_history(self, spec: TableSpec, now: datetime) -> int:
         """Close the current interval of every entity whose raw status changed; open a new one.
@@ -498,14 +542,22 @@ class StreamLoad:
         )
 
 
-def _reads_recs(spec: TableSpec) -> bool:
-    """Whether a spec's records come straight from the staged pages (then typed batch by batch)."""
-    return spec.records_sql is None or re.search(r"\brecs\b", spec.records_sql) is not None
+def _batch_names(batch_tables: dict[str, str] | None) -> str:
+    return "|".join(["recs", *(re.escape(n) for n in (batch_tables or {}))])
 
 
-def _over_batch(relation_sql: str) -> str:
-    """``relation_sql`` (a query over the staged ``recs``) restricted to the current batch."""
-    return re.sub(r"\brecs\b", "recs_batch", relation_sql)
+def _reads_recs(spec: TableSpec, batch_tables: dict[str, str] | None = None) -> bool:
+    """Whether a spec's records come from the staged pages, directly or through a table derived
+    batch by batch (then they are typed batch by batch too)."""
+    if spec.records_sql is None:
+        return True
+    return re.search(rf"\b({_batch_names(batch_tables)})\b", spec.records_sql) is not None
+
+
+def _over_batch(relation_sql: str, batch_tables: dict[str, str] | None = None) -> str:
+    """``relation_sql`` (a query over ``recs`` or the ``batch_tables``) restricted to the current
+    batch: each of those tables is replaced by its ``<name>_batch``."""
+    return re.sub(rf"\b({_batch_names(batch_tables)})\b", r"\1_batch", relation_sql)
 
 
 def _dedupe_sql(spec: TableSpec) -> str:
@@ -520,8 +572,10 @@ def _dedupe_sql(spec: TableSpec) -> str:
         rank = "CASE WHEN source_status IN (" + ", ".join(f"'{s}'" for s in terminal) + ") THEN 1 ELSE 0 END DESC, "
     else:
         rank = ""
+    # The window runs over the key and ordering columns only, then the winning rows are picked by
+    # rowid: a window over whole rows (raw JSON included) must hold all of them at once.
     return (
         f"CREATE OR REPLACE TABLE {cur} AS SELECT * EXCLUDE (_reason) FROM {typed} "
-        f"WHERE _reason IS NULL QUALIFY row_number() OVER (PARTITION BY {partition} "
-        f"ORDER BY {rank}seq DESC, pos DESC) = 1"
+        f"WHERE rowid IN (SELECT rowid FROM {typed} WHERE _reason IS NULL "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {rank}seq DESC, pos DESC) = 1)"
     )

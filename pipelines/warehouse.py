@@ -49,7 +49,7 @@ class Warehouse:
         self,
         location: str,
         *,
-        memory_limit: str = "128MB",
+        memory_limit: str = "192MB",
         threads: int = 2,
         lock_timeout: float = 600.0,
         on_wait: Callable[[str], None] | None = None,

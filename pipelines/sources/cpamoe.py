@@ -190,7 +190,8 @@ def cpamoe_envelope(data: Any, http_status: int) -> None:
 def polled_snapshot_sql(full_refresh: bool) -> str:
     """The leads to ask about (not final; all with ``full_refresh``), copied when the poll starts."""
     where = "" if full_refresh else f"WHERE NOT {is_final_sql()}"
-    return f"SELECT lead_id, stage, uid, found FROM wh.main.cpamoe_leads {where}"
+    # in lead_id order, the order ids are polled in: each batch's join reads a narrow range of it
+    return f"SELECT lead_id, stage, uid, found FROM wh.main.cpamoe_leads {where} ORDER BY lead_id"
 
 
 _NULL_PERSONAL = "{" + ", ".join(f'"{f}": null' for f in PERSONAL_FIELDS) + "}"
@@ -233,8 +234,9 @@ def _wrong_types_sql(item: str = "item") -> str:
 
 
 # Every returned lead, matched to the id we asked for: by the object key, else by its ``id``.
+# Built batch by batch while polling (StreamLoad ``batch_tables``): the JSON work of one statement
+# over every lead of a run would hold all their parse buffers at once.
 ITEMS_SQL = f"""
-CREATE OR REPLACE TABLE cpamoe_items AS
 WITH items AS (
     SELECT r.seq, CAST(j.id AS BIGINT) AS pos,
            CASE WHEN json_type(r.rec) = 'OBJECT' THEN j.key END AS obj_key, j.value AS item
@@ -251,6 +253,7 @@ WITH items AS (
 SELECT seq, pos, prev_stage AS listed_status, lead_id AS matched_id, prev_uid,
        coalesce(obj_key, rec_id) AS returned_id,
        CASE WHEN json_type(item) = 'OBJECT' THEN json_merge_patch(item, '{_NULL_PERSONAL}') ELSE item END AS rec,
+       json_extract_string(item, '$.stage') IS NOT NULL AS has_stage,
        CASE WHEN json_type(item) <> 'OBJECT' THEN 'not a lead object'
             WHEN lead_id IS NULL THEN 'lead id not asked for in this request'
             ELSE {_wrong_types_sql()} END AS problem
@@ -389,7 +392,17 @@ def sync_lead_statuses(
     """Poll the statuses of our leads that are not final (all leads with ``full_refresh``)."""
     started, started_at = time.monotonic(), datetime.now(UTC)
     mode = "full" if full_refresh else "incremental"
-    with StreamLoad(warehouse, LEADS_STREAM, [LEAD_STATUSES], run_id=run_id, on_progress=on_progress) as load:
+    with StreamLoad(
+        warehouse,
+        LEADS_STREAM,
+        [LEAD_STATUSES],
+        run_id=run_id,
+        batch_tables={"cpamoe_items": ITEMS_SQL},
+        # small records (a lead's status): larger batches, so fewer joins with ``polled``
+        batch_records=5000,
+        batch_pages=100,
+        on_progress=on_progress,
+    ) as load:
         assert load.con is not None
         load.read_state({"polled": polled_snapshot_sql(full_refresh)})
         total = load.query("SELECT count(*) FROM polled")[0][0]
@@ -407,7 +420,6 @@ def sync_lead_statuses(
         finally:
             batches.close()
         load.flush()
-        load.con.execute(ITEMS_SQL)
         quarantined = load.con.execute("SELECT count(*) FROM cpamoe_items WHERE problem IS NOT NULL").fetchone()[0]
         warnings = _poll_warnings(load.con)
         for warning in warnings:
@@ -454,7 +466,7 @@ def _poll_warnings(con: duckdb.DuckDBPyConnection) -> list[str]:
     ).fetchall():
         warnings.append(f"cpamoe_leads: {count} record(s) quarantined ({problem}), ids: {(sample or '')[:200]}")
     no_stage = con.execute(
-        "SELECT count(*) FROM cpamoe_items WHERE problem IS NULL AND json_extract_string(rec, '$.stage') IS NULL"
+        "SELECT count(*) FROM cpamoe_items WHERE problem IS NULL AND NOT has_stage"
     ).fetchone()[0]
     if no_stage:
         warnings.append(f"cpamoe_leads: {no_stage} record(s) without a stage; the last known stage was kept")
