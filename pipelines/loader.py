@@ -122,7 +122,7 @@ class StreamLoad:
         self.con: duckdb.DuckDBPyConnection | None = None
         self._dir: Path | None = None
         self._staging: StagingDir | None = None
-        self._typed: set[str] = set()  # tables whose typed_<table> staging table exists
+        self._typed: set[str] = set()  # the typed_<table> staging tables created so far
         # name -> query over ``recs``: a table a feed derives from its records, built batch by
         # batch (``<name>_batch`` holds the current batch's rows) so its JSON work stays bounded
         self.batch_tables = dict(batch_tables or {})
@@ -242,11 +242,16 @@ class StreamLoad:
         assert self.con is not None
         for name, query in self.batch_tables.items():
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE {_q(name + '_batch')} AS {_over_batch(query)}")
-            if name in self._batch_tables_made:
-                self.con.execute(f"INSERT INTO {_q(name)} SELECT * FROM {_q(name + '_batch')}")
-            else:
-                self.con.execute(f"CREATE OR REPLACE TABLE {_q(name)} AS SELECT * FROM {_q(name + '_batch')}")
-                self._batch_tables_made.add(name)
+            self._append(name, f"SELECT * FROM {_q(name + '_batch')}", self._batch_tables_made)
+
+    def _append(self, table: str, select: str, made: set[str]) -> None:
+        """Append ``select``'s rows to ``table``, creating it on the run's first batch."""
+        assert self.con is not None
+        if table in made:
+            self.con.execute(f"INSERT INTO {_q(table)} {select}")
+        else:
+            self.con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS {select}")
+            made.add(table)
 
     def _make_batch_tables(self) -> None:
         """Create (empty) the ``batch_tables`` no batch has created: the feed may query them."""
@@ -275,13 +280,7 @@ class StreamLoad:
                 batch_sql = _over_batch(spec.records_sql, self.batch_tables)
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {batch_sql}")
                 relation = "SELECT * FROM records_batch"
-            typed = _q("typed_" + spec.table)
-            select = typed_select_sql(spec, relation)
-            if spec.table in self._typed:
-                self.con.execute(f"INSERT INTO {typed} {select}")
-            else:
-                self.con.execute(f"CREATE OR REPLACE TABLE {typed} AS {select}")
-                self._typed.add(spec.table)
+            self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed)
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         """Run a read query against staging (flushes pending pages first)."""
@@ -314,7 +313,7 @@ class StreamLoad:
         assert self.con is not None
         con = self.con
         for spec in self.specs:
-            if spec.table not in self._typed:
+            if "typed_" + spec.table not in self._typed:
                 # typed at commit: a spec over a table the feed derives at the end, or nothing
                 # was staged (an empty typed table)
                 relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
