@@ -99,6 +99,10 @@ class Warehouse:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _open_config(self) -> dict[str, str]:
+        """Settings a DuckDB instance of ours opens with (DuckDB's default memory limit is 80 % of RAM)."""
+        return {"memory_limit": self.memory_limit, "threads": str(int(self.threads))}
+
     def attach_sql(self, alias: str, read_only: bool = False) -> str:
         escaped = self.location.replace("'", "''")
         options = " (READ_ONLY)" if read_only else ""
@@ -121,8 +125,9 @@ class Warehouse:
         """A connection whose default catalog is the warehouse (for views, checks and queries)."""
         self._prepare()
         if self.is_local_file:
+            # bounded from the open on: replaying a WAL or checkpointing happens before any SET
             con = self._with_lock_wait(
-                lambda: duckdb.connect(self.location, read_only=read_only), "connect"
+                lambda: duckdb.connect(self.location, read_only=read_only, config=self._open_config()), "connect"
             )
         else:
             con = duckdb.connect()
@@ -143,7 +148,9 @@ class Warehouse:
         """A SQLAlchemy engine on the warehouse (duckdb-engine). Dispose it when done: it holds
         the file lock while open."""
         self._prepare()
-        engine = sa.create_engine(self.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+        engine = sa.create_engine(
+            self.sqlalchemy_url(), poolclass=sa.pool.NullPool, connect_args={"config": self._open_config()}
+        )
         if not self.is_local_file:
             attach = self.attach_sql("wh")
 
