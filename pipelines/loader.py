@@ -258,8 +258,7 @@ class StreamLoad:
         assert self.con is not None
         for name, query in self.batch_tables.items():
             if name not in self._batch_tables_made:
-                self.con.execute(f"CREATE OR REPLACE TABLE {_q(name)} AS {query} LIMIT 0")
-                self._batch_tables_made.add(name)
+                self._append(name, f"{query} LIMIT 0", self._batch_tables_made)
 
     def _type_batch(self) -> None:
         """Type and validate the records of the batch (``recs_batch``) into ``typed_<table>``.
@@ -317,7 +316,7 @@ class StreamLoad:
                 # typed at commit: a spec over a table the feed derives at the end, or nothing
                 # was staged (an empty typed table)
                 relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
-                con.execute(f"CREATE OR REPLACE TABLE {_q('typed_' + spec.table)} AS {typed_select_sql(spec, relation)}")
+                self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed)
             con.execute(_dedupe_sql(spec))
 
         with self.warehouse.attach(con, WH):
@@ -375,7 +374,7 @@ class StreamLoad:
                 [spec.table, now, self.run_id, spec.table, now, now, self.run_id],
             )
 
-        key_join = " AND ".join(f"t.{_q(k)} = c.{_q(k)}" for k in spec.key)
+        key_join = _key_join(spec, "t", "c")
         first_key = _q(spec.key[0])
         prev_status = "t.source_status" if spec.has_status else "NULL"
         con.execute(
@@ -419,14 +418,12 @@ class StreamLoad:
         replace = [f"d.{_q(c)} AS {_q(c)}" for c in updatable]
         replace += [f"CAST(d.{c} AS VARCHAR) AS {c}" for c in status_cols]
         replace += ["d.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
-        key_join = " AND ".join(f"t.{_q(k)} = d.{_q(k)}" for k in spec.key)
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE replaced AS SELECT t.* REPLACE ({', '.join(replace)}) "
-            f"FROM {target} AS t JOIN delta AS d ON {key_join} WHERE NOT d.is_new",
+            f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} WHERE NOT d.is_new",
             {"now": now, "run": self.run_id},
         )
-        key_join_d = " AND ".join(f"{target}.{_q(k)} = d.{_q(k)}" for k in spec.key)
-        con.execute(f"DELETE FROM {target} USING delta AS d WHERE {key_join_d} AND NOT d.is_new")
+        con.execute(f"DELETE FROM {target} USING delta AS d WHERE {_key_join(spec, target, 'd')} AND NOT d.is_new")
         con.execute(f"INSERT INTO {target} SELECT * FROM replaced")
         con.execute("DROP TABLE replaced")
 
@@ -539,6 +536,11 @@ class StreamLoad:
                 json.dumps(warnings),
             ],
         )
+
+
+def _key_join(spec: TableSpec, left: str, right: str) -> str:
+    """``left.k = right.k AND ...`` over the spec's key columns."""
+    return " AND ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in spec.key)
 
 
 def _batch_names(batch_tables: dict[str, str] | None) -> str:
