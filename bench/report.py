@@ -52,6 +52,7 @@ def summarize(preset: dict[str, Any]) -> dict[str, Any]:
         "load_s": median([r["floor"]["load_s"] for r in reps]),
         "total_s": median([r["floor"]["fetch_s"] + r["floor"]["load_s"] for r in reps]),
         "max_s": median([max(r["floor"]["fetch_s"], r["floor"]["load_s"]) for r in reps]),
+        "lanes_s": median([_floor_in_lanes(r["floor"]["streams"]) for r in reps]),
         "requests": median([r["floor"]["requests"] for r in reps]),
     }
     ratios = [r["full"]["wall_s"] / (r["floor"]["fetch_s"] + r["floor"]["load_s"]) for r in reps
@@ -98,6 +99,15 @@ def summarize(preset: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _floor_in_lanes(streams: dict[str, dict]) -> float:
+    """The floor if its streams overlapped as the sync's lanes do (pipelines/assets/feeds.py):
+    Metapic's streams beside all others, each lane's fetch + load one after another."""
+    lanes = {"metapic": 0.0, "main": 0.0}
+    for name, st in streams.items():
+        lanes["metapic" if name.startswith("metapic") else "main"] += st.get("fetch_s", 0.0) + st.get("load_s", 0.0)
+    return max(lanes.values())
+
+
 def targets(name: str, summary: dict[str, Any], medium_rss: float | None) -> list[dict]:
     """Each target of the issue with the measured value and whether it is met."""
     out: list[dict] = []
@@ -108,6 +118,10 @@ def targets(name: str, summary: dict[str, Any], medium_rss: float | None) -> lis
     ratio = summary["ratio_to_floor"]
     add("full sync / floor (fetch+load)", _r(ratio), f"<= {RATIO_TARGET} (aim {RATIO_AIM})",
         None if ratio is None else ratio <= RATIO_TARGET)
+    lanes = summary["floor"].get("lanes_s")
+    if lanes and summary["full"]["wall_s"]:
+        add("full sync / floor overlapped like the sync's lanes", _r(summary["full"]["wall_s"] / lanes),
+            "(stricter: the floor's Metapic beside its other streams)", None)
     rss = summary["full"]["peak_rss_mb"]
     add("peak RSS of the full sync, MB", _r(rss, 0), f"< {RSS_LIMIT_MB:.0f}", None if rss is None else rss < RSS_LIMIT_MB)
     worst_rss = max((summary[p]["peak_rss_mb"] or 0) for p in ("full", "no_change", "after_day"))
@@ -180,6 +194,7 @@ def render(preset: dict[str, Any]) -> str:
             ["   floor: load (DuckDB JSON)", _f(fl["load_s"]), "", "", "", "", ""],
             ["   floor: fetch + load", _f(fl["total_s"]), "", "", "", "", ""],
             ["   floor: max(fetch, load)", _f(fl["max_s"]), "", "", "", "", ""],
+            ["   floor: in lanes (Metapic beside the rest)", _f(fl.get("lanes_s")), "", "", "", "", ""],
         ],
     )
     stream_rows = []
@@ -199,7 +214,7 @@ def render(preset: dict[str, Any]) -> str:
     overhead = (full["wall_s"] or 0) - (full["stream_seconds"] or 0)
     ratio = (
         f"HEADLINE full sync / floor(fetch+load) = {_f(s['ratio_to_floor'], '{:.2f}x')}   "
-        f"(sum of stream times / floor = {_f(s['ratio_streams_to_floor'], '{:.2f}x')}; "
+        f"(time while streams ran / floor = {_f(s['ratio_streams_to_floor'], '{:.2f}x')}; "
         f"process start-up, views and summary outside the streams: {overhead:.1f}s)"
     )
     if any(v is not None for v in outside):

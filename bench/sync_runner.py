@@ -38,6 +38,7 @@ class SyncMeasurement:
     history_rows_added: int = 0
     peak_rss_outside_streams_mb: float | None = None
     log_tail: str = ""
+    stream_seconds: float = 0.0  # wall time while at least one stream ran (feeds overlap in lanes)
 
     @property
     def records(self) -> int:
@@ -46,10 +47,6 @@ class SyncMeasurement:
     @property
     def rows_written(self) -> int:
         return sum(s["inserted"] + s["updated"] for s in self.streams.values())
-
-    @property
-    def stream_seconds(self) -> float:
-        return sum(s["seconds"] for s in self.streams.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +62,18 @@ class SyncMeasurement:
             "streams": self.streams,
             **({"log_tail": self.log_tail} if self.exit_code else {}),
         }
+
+
+def covered_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of ``intervals``: streams of two lanes overlap, so their sum would
+    count the same seconds twice."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
 
 
 class RssSampler:
@@ -181,6 +190,7 @@ class SyncRunner:
         for stream, (start, end) in zip(measurement.streams.values(), intervals, strict=True):
             stream["peak_rss_mb"] = rss.peak_between(start, end)
         measurement.peak_rss_outside_streams_mb = rss.peak_outside(intervals)
+        measurement.stream_seconds = covered_seconds(intervals)
         measurement.history_rows_added = self._history_rows() - history_before
         return measurement
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipelines.allocator import limit_malloc_arenas
 from pipelines.settings import ALL_SOURCES, any_credentials_set, env, load_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -135,8 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _root_cause(error) -> str:
-    """The error that started a step failure (Dagster wraps it), in one line."""
-    while error.cause is not None:
+    """The error that started a step failure (Dagster wraps it), in one line; for the feeds'
+    op, the FeedFailed message, which names the feed and carries that error."""
+    while error.cause is not None and error.cls_name != "FeedFailed":
         error = error.cause
     return error.message.strip().splitlines()[0] if error.message.strip() else error.cls_name
 
@@ -201,6 +203,7 @@ def cmd_submit_lead(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()  # before any thread starts: see pipelines/allocator.py
     load_env_file()
     parser = argparse.ArgumentParser(prog="affwh", description="Affiliate-network warehouse")
     sub = parser.add_subparsers(dest="command", required=True)

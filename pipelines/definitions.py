@@ -10,7 +10,9 @@ import os
 
 import dagster as dg
 
+from pipelines.allocator import limit_malloc_arenas
 from pipelines.assets import cpamoe, marts, metapic, onlytraffic
+from pipelines.assets.feeds import build_feeds_asset
 from pipelines.assets.views import SHARED_TABLES, build_view_assets
 from pipelines.checks import build_warehouse_checks, history_intervals_check, sql_check
 from pipelines.schedules import OperationsSettings, automation_sensor, build_schedules, with_freshness
@@ -24,6 +26,7 @@ from pipelines.resources import (
 from pipelines.settings import env, load_env_file
 
 load_env_file()
+limit_malloc_arenas()  # run workers launched by the UI or the daemon load this module first
 
 
 def _secret(name: str) -> dg.EnvVar | None:
@@ -41,7 +44,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(
             path=env("WAREHOUSE_PATH"),
-            memory_limit=os.environ.get("WAREHOUSE_MEMORY_LIMIT", "192MB"),
+            memory_limit=os.environ.get("WAREHOUSE_MEMORY_LIMIT", "160MB"),
         ),
         "onlytraffic_marketer": OnlyTrafficMarketerResource(
             base_url=env("ONLYTRAFFIC_MARKETER_BASE_URL"),
@@ -76,14 +79,17 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
 
 SOURCE_MODULES = (onlytraffic, cpamoe, metapic)
 
-# Current-state ingestion assets: take SyncConfig (full_refresh) and are rebuilt by sync_all.
-INGESTION_ASSETS = [a for m in SOURCE_MODULES for a in m.SYNC_ASSETS]
+# Current-state feeds: one subsettable multi-asset (two lanes: pipelines/assets/feeds.py) that takes
+# SyncConfig (full_refresh) and is materialized by sync_all. Asset keys are the feeds' table names.
+FEEDS = [f for m in SOURCE_MODULES for f in m.FEEDS]
+INGESTION_KEYS = [f.key for f in FEEDS]
+sync_feeds = build_feeds_asset(FEEDS)
+INGESTION_ASSETS = [sync_feeds]
 
 
-def full_refresh_run_config(assets: list[dg.AssetsDefinition] | None = None) -> dict:
-    """Run config asking every (or the given) ingestion asset to re-read everything."""
-    chosen = assets or INGESTION_ASSETS
-    return {"ops": {a.op.name: {"config": {"full_refresh": True}} for a in chosen}}
+def full_refresh_run_config() -> dict:
+    """Run config asking every selected feed to re-read everything."""
+    return {"ops": {a.op.name: {"config": {"full_refresh": True}} for a in INGESTION_ASSETS}}
 
 
 # status_history.source written by each ingestion asset (for the history interval checks)
@@ -159,7 +165,7 @@ LATEST_DAY_JOBS = {
 
 def build_defs() -> dg.Definitions:
     settings = OperationsSettings.from_env()
-    feed_assets = [a for m in SOURCE_MODULES for a in m.ASSETS]
+    feed_assets = [*INGESTION_ASSETS, *(a for m in SOURCE_MODULES for a in m.ASSETS)]
     view_assets = build_view_assets(_table_producers([*feed_assets, *marts.ASSETS]))
     sync_all = dg.define_asset_job(
         "sync_all",

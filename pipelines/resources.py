@@ -56,7 +56,7 @@ class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse (``WAREHOUSE_PATH``: a file, ``md:<db>`` or ``ducklake:<catalog>``)."""
 
     path: str = PydanticField(default="data/warehouse.duckdb", description="WAREHOUSE_PATH")
-    memory_limit: str = "192MB"
+    memory_limit: str = "160MB"
     threads: int = 2
     lock_timeout_seconds: float = 600.0
 

@@ -13,6 +13,7 @@ rather than failing the run.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,18 @@ from models.schema import create_schema
 log = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("md:", "motherduck:", "ducklake:")
+
+# One DuckDB instance per process may hold a database file: a second one attaching it (another
+# feed's lane, pipelines/assets/feeds.py) fails at once with "Unique file handle conflict". Threads
+# of one process therefore take turns per location; other processes still meet the file lock.
+_IN_PROCESS: dict[str, threading.RLock] = {}
+_IN_PROCESS_GUARD = threading.Lock()
+
+
+def _in_process_lock(location: str) -> threading.RLock:
+    key = str(Path(location).resolve()) if not location.startswith(REMOTE_PREFIXES) else location
+    with _IN_PROCESS_GUARD:
+        return _IN_PROCESS.setdefault(key, threading.RLock())
 
 
 def configure(con: duckdb.DuckDBPyConnection, memory_limit: str, threads: int) -> None:
@@ -49,7 +62,7 @@ class Warehouse:
         self,
         location: str,
         *,
-        memory_limit: str = "192MB",
+        memory_limit: str = "160MB",
         threads: int = 2,
         lock_timeout: float = 600.0,
         on_wait: Callable[[str], None] | None = None,
@@ -112,17 +125,25 @@ class Warehouse:
     def attach(
         self, con: duckdb.DuckDBPyConnection, alias: str = "wh", read_only: bool = False
     ) -> Iterator[str]:
-        """ATTACH the warehouse to ``con`` as ``alias`` for the duration of the block."""
+        """ATTACH the warehouse to ``con`` as ``alias`` for the duration of the block (other
+        threads of this process wait for it: see ``_IN_PROCESS``)."""
         self._prepare()
-        self._with_lock_wait(lambda: con.execute(self.attach_sql(alias, read_only)), "attach")
-        try:
-            yield alias
-        finally:
-            con.execute(f"DETACH {alias}")
+        with _in_process_lock(self.location):
+            self._with_lock_wait(lambda: con.execute(self.attach_sql(alias, read_only)), "attach")
+            try:
+                yield alias
+            finally:
+                con.execute(f"DETACH {alias}")
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection whose default catalog is the warehouse (for views, checks and queries)."""
+        """A connection whose default catalog is the warehouse (for views, checks and queries);
+        other threads of this process wait for it to close."""
+        with _in_process_lock(self.location), self._connect(read_only) as con:
+            yield con
+
+    @contextmanager
+    def _connect(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
         self._prepare()
         if self.is_local_file:
             # bounded from the open on: replaying a WAL or checkpointing happens before any SET
@@ -180,5 +201,8 @@ class Warehouse:
             finally:
                 engine.dispose()
 
-        self._with_lock_wait(create, "create schema")
-        Warehouse._ensured.add(key)
+        with _in_process_lock(self.location):
+            if key in Warehouse._ensured and (not self.is_local_file or Path(self.location).exists()):
+                return  # another thread of this process created it meanwhile
+            self._with_lock_wait(create, "create schema")
+            Warehouse._ensured.add(key)

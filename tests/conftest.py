@@ -50,7 +50,7 @@ class World:
         raise_on_error: bool = True,
         job: str = "sync_all",
     ) -> dg.ExecuteInProcessResult:
-        from pipelines.definitions import INGESTION_ASSETS, build_defs, full_refresh_run_config
+        from pipelines.definitions import build_defs, full_refresh_run_config
 
         self.apply_env()
         defs = build_defs()
@@ -58,8 +58,7 @@ class World:
         selection = [dg.AssetKey(a) for a in assets] if assets else None
         run_config = {}
         if full_refresh:
-            chosen = [a for a in INGESTION_ASSETS if not assets or a.key.to_user_string() in assets]
-            run_config = full_refresh_run_config(chosen)
+            run_config = full_refresh_run_config()  # the feeds' one op: applies to those selected
         return job_def.execute_in_process(
             run_config=run_config,
             instance=dg.DagsterInstance.ephemeral(),

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from models.status import STATUS_MAPPINGS
+from dagster_results import materializations
 
 CPL_ROUTE = "marketer/cpl/orders"
 STATUSES = {"waiting", "accepted", "rejected", "completed", "cancelled"}
@@ -56,7 +57,7 @@ def test_full_sync_reads_every_status_explicitly_across_pages(world):
 
     assert_matches_truth(world)
     truth = cpl_truth(world)
-    metadata = result.asset_materializations_for_node("cpl_orders")[0].metadata
+    metadata = materializations(result, "cpl_orders")[0].metadata
     assert metadata["earned_usd"].value == pytest.approx(sum(t["total_earned"] for t in truth.values()))
     assert metadata["orders_open"].value == sum(t["status"] in ("waiting", "accepted") for t in truth.values())
     assert {t["status"] for t in truth.values()} == STATUSES  # the world exercises every status

@@ -25,6 +25,7 @@ from pipelines.sandbox import metapic as metapic_api
 from pipelines.sandbox import onlytraffic_marketer as marketer_api
 from pipelines.sandbox import onlytraffic_studio as studio_api
 from pipelines.sandbox.faults import DriftPlan
+from dagster_results import materializations
 
 EXTRA = {"x_added_in_v2": {"rollout": "beta", "weight": 3}}
 
@@ -34,7 +35,7 @@ def checks(result) -> dict[str, object]:
 
 
 def materialization(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
+    (event,) = materializations(result, asset)
     return {k: v.value for k, v in event.metadata.items()}
 
 

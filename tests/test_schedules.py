@@ -174,9 +174,9 @@ def _freshness(defs: dg.Definitions) -> dict[str, tuple[timedelta, timedelta]]:
 
 
 def test_every_ingestion_asset_has_a_freshness_policy(defs, monkeypatch):
-    from pipelines.definitions import INGESTION_ASSETS
+    from pipelines.definitions import INGESTION_KEYS
 
-    current = {a.key.to_user_string() for a in INGESTION_ASSETS}
+    current = set(INGESTION_KEYS)
     assert _freshness(defs) == {
         **dict.fromkeys(current, (timedelta(minutes=60), timedelta(minutes=180))),
         **dict.fromkeys(DAILY_ASSETS, (timedelta(hours=26), timedelta(hours=50))),
@@ -236,7 +236,7 @@ def test_views_are_requested_after_a_partition_backfill_but_not_after_sync_all(w
 
 
 def test_every_ingestion_materialization_records_counts_runtime_and_figures(world, instance):
-    from pipelines.definitions import INGESTION_ASSETS
+    from pipelines.definitions import INGESTION_KEYS
 
     results = [
         _run("sync_all", instance),
@@ -249,7 +249,7 @@ def test_every_ingestion_materialization_records_counts_runtime_and_figures(worl
         for e in (m.event_specific_data.materialization for m in r.get_asset_materialization_events())
     }
     numeric = (dg.IntMetadataValue, dg.FloatMetadataValue)
-    for asset in [*(a.key.to_user_string() for a in INGESTION_ASSETS), *DAILY_ASSETS]:
+    for asset in [*INGESTION_KEYS, *DAILY_ASSETS]:
         meta = events[asset]
         for key in ("rows_received", "inserted", "updated", "unchanged", "requests", "retries", "duration_s", "dagster/row_count"):
             assert isinstance(meta.get(key), numeric), (asset, key, meta.get(key))

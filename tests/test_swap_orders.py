@@ -16,6 +16,7 @@ import pytest
 
 from models.onlytraffic import SWAP_COUNT_BLOCKS
 from models.status import STATUS_MAPPINGS
+from dagster_results import materializations
 
 ROUTE = "studio/swaps/orders"
 STATUSES = {"waiting", "accepted", "rejected", "completed", "cancelled"}
@@ -127,7 +128,7 @@ def test_full_sync_takes_status_from_the_filter_and_flattens_both_sides(swap_wor
 
     expected = truth(world)
     assert {t["_status"] for t in expected.values()} == STATUSES
-    metadata = result.asset_materializations_for_node("swap_orders")[0].metadata
+    metadata = materializations(result, "swap_orders")[0].metadata
     mine = [s for t in expected.values() for s in (t["offer_side"], t["order_side"]) if s["is_mine"]]
     assert metadata["earned_usd"].value == pytest.approx(sum(s["stats"]["transactions_sum"]["total"] for s in mine))
     assert metadata["orders_open"].value == sum(t["_status"] in ("waiting", "accepted") for t in expected.values())
@@ -310,7 +311,7 @@ def test_persistent_error_envelope_fails_and_commits_nothing(swap_world):
     result = world.sync(assets=["swap_orders"], raise_on_error=False)
 
     assert not result.success
-    message = result.failure_data_for_node("swap_orders").error.to_string()
+    message = result.failure_data_for_node("sync_feeds").error.to_string()
     assert "/studio/swaps/orders" in message and "gave up after" in message and "rate_limited" in message
     assert world.sandbox.env()["ONLYTRAFFIC_STUDIO_API_KEY"] not in message
     for table in ("swap_orders", "swap_order_sides", "status_history", "sync_state"):

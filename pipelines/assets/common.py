@@ -3,6 +3,7 @@
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -44,45 +45,57 @@ class ProgressLog:
 
 
 def materialize(
-    context: dg.AssetExecutionContext, sync: Callable[[ProgressLog], SyncReport]
+    sync: Callable[[ProgressLog], SyncReport],
+    *,
+    asset_key: dg.AssetKey,
+    log: Any,
+    warehouse: Any = None,
 ) -> dg.MaterializeResult:
-    """Run ``sync`` and turn its report into the asset's materialization.
+    """Run ``sync`` and turn its report into the materialization of ``asset_key``.
 
-    A source without credentials is reported as not configured (a warning and metadata), not
-    crashed on, so the rest of ``sync_all`` still runs.
+    ``log`` has ``.info``/``.warning`` (Dagster's, or a lane's queue: see feeds.py); with
+    ``warehouse`` the table's row count after the commit is added. A source without credentials
+    is reported as not configured (a warning and metadata), not crashed on, so the rest of
+    ``sync_all`` still runs.
     """
-    progress = ProgressLog(context.log.info)
+    name = asset_key.to_user_string()
+    progress = ProgressLog(log.info)
     try:
         report = sync(progress)
     except NotConfigured as exc:
-        context.log.warning(f"{exc}. Skipping: nothing was fetched or written.")
-        terminal_progress.done(f"{context.asset_key.to_user_string()}: not configured ({', '.join(exc.missing)} unset)")
+        log.warning(f"{exc}. Skipping: nothing was fetched or written.")
+        terminal_progress.done(f"{name}: not configured ({', '.join(exc.missing)} unset)")
         return dg.MaterializeResult(
-            metadata={"configured": False, "missing_variables": ", ".join(exc.missing)}
+            asset_key=asset_key, metadata={"configured": False, "missing_variables": ", ".join(exc.missing)}
         )
     if progress.pages:
-        context.log.info(progress.summary())
+        log.info(progress.summary())
     for warning in report.warnings:
-        context.log.warning(warning)
+        log.warning(warning)
     summary = f"{report.stream}: {report.mode} sync, {report.requests} requests, {report.retries} retries, {report.seconds:.1f}s"
     if report.result is not None:
         t = report.result.primary
         summary += f"; {t.received} records: {t.inserted} new, {t.updated} changed, {t.unchanged} unchanged"
         if t.quarantined:
             summary += f", {t.quarantined} quarantined"
-    context.log.info(summary)
+    log.info(summary)
     terminal_progress.done(summary)
     metadata = {"configured": True, **report.metadata()}
-    table = _table_of(context, report)
-    if table is not None and hasattr(context.resources, "warehouse"):
-        metadata["dagster/row_count"] = _row_count(context, table)
-    return dg.MaterializeResult(metadata=metadata)
+    table = _table_of(asset_key, report)
+    if table is not None and warehouse is not None:
+        metadata["dagster/row_count"] = _row_count(warehouse, table, log)
+    return dg.MaterializeResult(asset_key=asset_key, metadata=metadata)
 
 
-def _table_of(context: dg.AssetExecutionContext, report: SyncReport) -> str | None:
+def materialize_asset(context: dg.AssetExecutionContext, sync: Callable[[ProgressLog], SyncReport]) -> dg.MaterializeResult:
+    """:func:`materialize` for a single-asset op (the daily-partitioned ones)."""
+    return materialize(sync, asset_key=context.asset_key, log=context.log, warehouse=context.resources.warehouse)
+
+
+def _table_of(asset_key: dg.AssetKey, report: SyncReport) -> str | None:
     """The warehouse table an asset stands for: the one named like the asset (the style rule), else
     the primary table of what it committed (e.g. swap_orders for the created-day backfills)."""
-    name = context.asset_key.path[-1]
+    name = asset_key.path[-1]
     if name in warehouse_schema.tables:
         return name
     if report.result is not None and report.result.primary.table in warehouse_schema.tables:
@@ -90,9 +103,8 @@ def _table_of(context: dg.AssetExecutionContext, report: SyncReport) -> str | No
     return None
 
 
-def _row_count(context: dg.AssetExecutionContext, table: str) -> int:
+def _row_count(warehouse: Any, table: str, log: Any) -> int:
     """Rows in ``table`` after the commit: Dagster shows ``dagster/row_count`` in the catalog and
     plots it across materializations."""
-    warehouse = context.resources.warehouse.open(on_wait=context.log.warning)
-    with warehouse.connect(read_only=True) as con:
+    with warehouse.open(on_wait=log.warning).connect(read_only=True) as con:
         return con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]

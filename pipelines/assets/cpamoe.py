@@ -1,4 +1,4 @@
-"""cpa.moe assets (lead register and lead statuses).
+"""cpa.moe feeds (lead register and lead statuses), run by pipelines/assets/feeds.py.
 
 ``cpamoe_lead_files`` loads new CSV files of ``CPAMOE_LEADS_DIR`` into the register (it needs no
 credentials); ``cpamoe_leads`` then polls list.json for every registered lead that is not final.
@@ -7,69 +7,38 @@ credentials); ``cpamoe_leads`` then polls list.json for every registered lead th
 
 import dagster as dg
 
-from pipelines.assets.common import SyncConfig, materialize
+from pipelines.assets.feeds import Feed, FeedRun
 from pipelines.checks import SAMPLE, Outcome, check, standard_checks
-from pipelines.resources import WRITER_POOL, CpamoeResource, WarehouseResource
 from pipelines.sources import cpamoe as source
 from pipelines.sources.cpamoe_register import load_lead_register
+from pipelines.sync import SyncReport
 
 
-@dg.asset(
-    group_name="cpamoe",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="cpa.moe lead register: each new CSV file in CPAMOE_LEADS_DIR loaded once into "
-    "cpamoe_leads (bad lines reported by number here and in cpamoe_lead_file_errors).",
-)
-def cpamoe_lead_files(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,  # noqa: ARG001 - files are loaded once each; a full refresh changes nothing
-    warehouse: WarehouseResource,
-    cpamoe: CpamoeResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        return load_lead_register(
-            warehouse=warehouse.open(on_wait=context.log.warning),
-            leads_dir=cpamoe.leads_dir,
-            run_id=context.run_id,
-            log=context.log.info,
+def sync_lead_files(run: FeedRun, progress) -> SyncReport:  # noqa: ARG001 - files are loaded once each
+    return load_lead_register(
+        warehouse=run.warehouse.open(on_wait=run.log.warning),
+        leads_dir=run.cpamoe.leads_dir,
+        run_id=run.run_id,
+        log=run.log.info,
+    )
+
+
+def sync_leads(run: FeedRun, progress) -> SyncReport:
+    with run.cpamoe.client(on_retry=run.log.warning) as client:
+        return source.sync_lead_statuses(
+            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            client=client,
+            auth_id=run.cpamoe.auth_id,
+            run_id=run.run_id,
+            full_refresh=run.full_refresh,
+            max_workers=run.cpamoe.max_concurrency,
+            log=run.log.info,
+            on_progress=progress,
         )
-
-    return materialize(context, sync)
-
-
-@dg.asset(
-    group_name="cpamoe",
-    deps=[cpamoe_lead_files],
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="cpa.moe lead statuses: list.json polled for every registered lead not yet final, "
-    "one row per our lead_id (+ status_history).",
-)
-def cpamoe_leads(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,
-    warehouse: WarehouseResource,
-    cpamoe: CpamoeResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with cpamoe.client(on_retry=context.log.warning) as client:
-            return source.sync_lead_statuses(
-                warehouse=warehouse.open(on_wait=context.log.warning),
-                client=client,
-                auth_id=cpamoe.auth_id,
-                run_id=context.run_id,
-                full_refresh=config.full_refresh,
-                max_workers=cpamoe.max_concurrency,
-                log=context.log.info,
-                on_progress=progress,
-            )
-
-    return materialize(context, sync)
 
 
 @check(
-    cpamoe_leads,
+    "cpamoe_leads",
     "cpamoe_leads_known_codes",
     "Every status and reason code of cpamoe_leads is one the docs list (unknown codes are kept "
     "with a NULL name and named here).",
@@ -87,7 +56,7 @@ def cpamoe_leads_known_codes(con) -> Outcome:
 
 
 @check(
-    cpamoe_leads,
+    "cpamoe_leads",
     "cpamoe_leads_found",
     "Every polled lead was returned by list.json (a warning names those that were not).",
 )
@@ -106,17 +75,23 @@ def cpamoe_leads_found(con) -> Outcome:
     )
 
 
-ASSETS: list = [cpamoe_lead_files, cpamoe_leads]  # every asset of this source
-SYNC_ASSETS: list = [cpamoe_lead_files, cpamoe_leads]  # current-state ingestion assets materialized by sync_all (take SyncConfig)
+FEEDS: list[Feed] = [
+    Feed("cpamoe_lead_files", "cpamoe", "cpa.moe lead register: each new CSV file in CPAMOE_LEADS_DIR loaded "
+         "once into cpamoe_leads (bad lines reported by number here and in cpamoe_lead_file_errors).",
+         sync_lead_files),
+    Feed("cpamoe_leads", "cpamoe", "cpa.moe lead statuses: list.json polled for every registered lead not yet "
+         "final, one row per our lead_id (+ status_history).", sync_leads, deps=("cpamoe_lead_files",)),
+]  # current-state feeds, materialized by sync_all (pipelines/assets/feeds.py)
+ASSETS: list = []  # this source's own assets besides its feeds
 CHECKS: list = [
-    *standard_checks(cpamoe_leads, "cpamoe_leads", ["lead_id"]),
+    *standard_checks("cpamoe_leads", "cpamoe_leads", ["lead_id"]),
     cpamoe_leads_known_codes,
     cpamoe_leads_found,
 ]
 JOBS: list = [
     dg.define_asset_job(
         "cpamoe_sync",
-        selection=dg.AssetSelection.assets(cpamoe_lead_files, cpamoe_leads),
+        selection=dg.AssetSelection.assets("cpamoe_lead_files", "cpamoe_leads"),
         description="Load new lead CSV files, then poll the statuses of open cpa.moe leads.",
         executor_def=dg.in_process_executor,
     )

@@ -12,11 +12,12 @@ from datetime import date
 
 import dagster as dg
 
-from pipelines.assets.common import SyncConfig, materialize
+from pipelines.assets.common import materialize_asset
+from pipelines.assets.feeds import METAPIC_LANE, Feed, FeedRun
 from pipelines.checks import standard_checks
-from pipelines.http import ApiClient
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
 from pipelines.sources import metapic as source
+from pipelines.sync import SyncReport
 
 DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
     start_date=os.environ.get("METAPIC_PARTITIONS_START") or "2025-01-01"
@@ -24,76 +25,41 @@ DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
 
 
 @contextmanager
-def metapic_fetcher(context: dg.AssetExecutionContext, metapic: MetapicResource) -> Iterator[source.Fetcher]:
+def metapic_fetcher(metapic: MetapicResource, log) -> Iterator[source.Fetcher]:
     """A client whose rate limiter is shared by every Metapic asset of this process."""
-    with metapic.client(on_retry=context.log.warning) as client:
-        yield _fetcher(context, metapic, client)
+    with metapic.client(on_retry=log.warning) as client:
+        yield source.Fetcher(
+            client=client,
+            user_id=metapic.user_id or "",
+            page_size=metapic.page_size or source.MAX_PAGE_SIZE,
+            max_workers=metapic.max_concurrency,
+            log=log.info,
+        )
 
 
-def _fetcher(context: dg.AssetExecutionContext, metapic: MetapicResource, client: ApiClient) -> source.Fetcher:
-    return source.Fetcher(
-        client=client,
-        user_id=metapic.user_id or "",
-        page_size=metapic.page_size or source.MAX_PAGE_SIZE,
-        max_workers=metapic.max_concurrency,
-        log=context.log.info,
-    )
+def sync_offers(run: FeedRun, progress) -> SyncReport:
+    # the list is read whole every run: full_refresh changes nothing
+    with metapic_fetcher(run.metapic, run.log) as fetcher:
+        fetcher.on_progress = progress
+        return source.sync_offers(warehouse=run.warehouse.open(on_wait=run.log.warning), fetcher=fetcher, run_id=run.run_id)
 
 
-@dg.asset(
-    group_name="metapic",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="Metapic campaigns, every status, one row per offer_id (+ status_history).",
-)
-def metapic_offers(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,  # the list is read whole every run: full_refresh changes nothing
-    warehouse: WarehouseResource,
-    metapic: MetapicResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with metapic_fetcher(context, metapic) as fetcher:
-            fetcher.on_progress = progress
-            return source.sync_offers(
-                warehouse=warehouse.open(on_wait=context.log.warning), fetcher=fetcher, run_id=context.run_id
-            )
-
-    return materialize(context, sync)
+def sync_participants(run: FeedRun, progress) -> SyncReport:
+    with metapic_fetcher(run.metapic, run.log) as fetcher:
+        fetcher.on_progress = progress
+        return source.sync_participants(
+            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            fetcher=fetcher,
+            run_id=run.run_id,
+            full_refresh=run.full_refresh,
+        )
 
 
 @dg.asset(
     group_name="metapic",
     pool=WRITER_POOL,
     kinds={"duckdb", "python"},
-    deps=[metapic_offers],
-    description="Participants of every Metapic campaign, one row per (offer_id, participant_key) "
-    "(+ status_history). Re-read while the campaign can change, and once after it ends.",
-)
-def metapic_participants(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,
-    warehouse: WarehouseResource,
-    metapic: MetapicResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with metapic_fetcher(context, metapic) as fetcher:
-            fetcher.on_progress = progress
-            return source.sync_participants(
-                warehouse=warehouse.open(on_wait=context.log.warning),
-                fetcher=fetcher,
-                run_id=context.run_id,
-                full_refresh=config.full_refresh,
-            )
-
-    return materialize(context, sync)
-
-
-@dg.asset(
-    group_name="metapic",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    deps=[metapic_offers],
+    deps=["metapic_offers"],
     partitions_def=DAILY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Per participant, campaign and UTC day: clicks, links created, estimated GP "
@@ -108,7 +74,7 @@ def metapic_participant_daily_stats(
 
     def sync(progress):
         reports = []
-        with metapic_fetcher(context, metapic) as fetcher:
+        with metapic_fetcher(metapic, context.log) as fetcher:
             fetcher.on_progress = progress
             wh = warehouse.open(on_wait=context.log.warning)
             for day in days:
@@ -118,7 +84,7 @@ def metapic_participant_daily_stats(
                 reports.append(report)
         return source.combine_reports(source.DAILY_STATS.table, reports)
 
-    return materialize(context, sync)
+    return materialize_asset(context, sync)
 
 
 metapic_participant_daily_stats_job = dg.define_asset_job(
@@ -128,11 +94,17 @@ metapic_participant_daily_stats_job = dg.define_asset_job(
     description="Daily participant statistics of Metapic campaigns, one UTC day per partition.",
 )
 
-ASSETS: list = [metapic_offers, metapic_participants, metapic_participant_daily_stats]  # every asset of this source
-SYNC_ASSETS: list = [metapic_offers, metapic_participants]  # current-state ingestion assets materialized by sync_all (take SyncConfig)
+FEEDS: list[Feed] = [
+    Feed("metapic_offers", "metapic", "Metapic campaigns, every status, one row per offer_id (+ status_history).",
+         sync_offers, lane=METAPIC_LANE),
+    Feed("metapic_participants", "metapic", "Participants of every Metapic campaign, one row per (offer_id, "
+         "participant_key) (+ status_history). Re-read while the campaign can change, and once after it ends.",
+         sync_participants, lane=METAPIC_LANE, deps=("metapic_offers",)),
+]  # current-state feeds, materialized by sync_all in their own lane (pipelines/assets/feeds.py)
+ASSETS: list = [metapic_participant_daily_stats]  # this source's own (partitioned) assets
 CHECKS: list = [
-    *standard_checks(metapic_offers, "metapic_offers", ["offer_id"]),
-    *standard_checks(metapic_participants, "metapic_participants", ["offer_id", "participant_key"]),
+    *standard_checks("metapic_offers", "metapic_offers", ["offer_id"]),
+    *standard_checks("metapic_participants", "metapic_participants", ["offer_id", "participant_key"]),
     # the participant's status is kept per day (no history): its values are checked all the same
     *standard_checks(metapic_participant_daily_stats, "metapic_participant_daily_stats", ["offer_id", "participant_key", "date"]),
 ]

@@ -1,6 +1,7 @@
-"""OnlyTraffic assets: CPC and CPL orders (Marketer API), swap orders (Studio API).
+"""OnlyTraffic feeds and assets: CPC and CPL orders (Marketer API), swap orders (Studio API).
 
-``swap_orders`` (incremental, in ``sync_all``) writes ``swap_orders`` and ``swap_order_sides``.
+The feeds ``cpc_orders``, ``cpl_orders`` and ``swap_orders`` (incremental, in ``sync_all``; run by
+pipelines/assets/feeds.py) write their tables, ``swap_orders`` also ``swap_order_sides``.
 ``swap_orders_by_created_day`` writes the same tables for a range of created days (backfills from
 the UI; partitions start at ``SWAP_PARTITIONS_START``, default 2025-01-01) without touching the
 incremental cursor.
@@ -11,18 +12,14 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from pipelines.assets.common import SyncConfig, materialize
+from pipelines.assets.common import materialize_asset
+from pipelines.assets.feeds import Feed, FeedRun
 from pipelines.checks import standard_checks
-from pipelines.resources import (
-    WRITER_POOL,
-    OnlyTrafficMarketerResource,
-    OnlyTrafficStudioResource,
-    WarehouseResource,
-)
+from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
 from pipelines.settings import load_env_file
 from pipelines.sources import onlytraffic_marketer as marketer
 from pipelines.sources import onlytraffic_studio as studio
-from pipelines.sync import sync_status_listing
+from pipelines.sync import SyncReport, sync_status_listing
 
 CPC_BUSINESS_SQL = """
 SELECT sum(total_earned) AS earned_usd,
@@ -32,34 +29,8 @@ FROM {wh}.cpc_orders
 """
 
 
-@dg.asset(
-    group_name="onlytraffic",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="OnlyTraffic CPC orders, every status, one row per order_id (+ status_history).",
-)
-def cpc_orders(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,
-    warehouse: WarehouseResource,
-    onlytraffic_marketer: OnlyTrafficMarketerResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with onlytraffic_marketer.client(on_retry=context.log.warning) as client:
-            return sync_status_listing(
-                warehouse=warehouse.open(on_wait=context.log.warning),
-                client=client,
-                listing=marketer.cpc_listing(client, onlytraffic_marketer.page_size or marketer.MAX_LIMIT),
-                spec=marketer.CPC_ORDERS,
-                run_id=context.run_id,
-                full_refresh=config.full_refresh,
-                max_workers=onlytraffic_marketer.max_concurrency,
-                business_sql=CPC_BUSINESS_SQL,
-                log=context.log.info,
-                on_progress=progress,
-            )
-
-    return materialize(context, sync)
+def sync_cpc_orders(run: FeedRun, progress) -> SyncReport:
+    return _sync_marketer_list(run, progress, marketer.cpc_listing, marketer.CPC_ORDERS, CPC_BUSINESS_SQL)
 
 
 CPL_BUSINESS_SQL = """
@@ -70,34 +41,25 @@ FROM {wh}.cpl_orders
 """
 
 
-@dg.asset(
-    group_name="onlytraffic",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="OnlyTraffic CPL orders, every status, one row per order_id (+ status_history).",
-)
-def cpl_orders(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,
-    warehouse: WarehouseResource,
-    onlytraffic_marketer: OnlyTrafficMarketerResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with onlytraffic_marketer.client(on_retry=context.log.warning) as client:
-            return sync_status_listing(
-                warehouse=warehouse.open(on_wait=context.log.warning),
-                client=client,
-                listing=marketer.cpl_listing(client, onlytraffic_marketer.page_size or marketer.MAX_LIMIT),
-                spec=marketer.CPL_ORDERS,
-                run_id=context.run_id,
-                full_refresh=config.full_refresh,
-                max_workers=onlytraffic_marketer.max_concurrency,
-                business_sql=CPL_BUSINESS_SQL,
-                log=context.log.info,
-                on_progress=progress,
-            )
+def sync_cpl_orders(run: FeedRun, progress) -> SyncReport:
+    return _sync_marketer_list(run, progress, marketer.cpl_listing, marketer.CPL_ORDERS, CPL_BUSINESS_SQL)
 
-    return materialize(context, sync)
+
+def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, business_sql: str) -> SyncReport:
+    resource = run.onlytraffic_marketer
+    with resource.client(on_retry=run.log.warning) as client:
+        return sync_status_listing(
+            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            client=client,
+            listing=make_listing(client, resource.page_size or marketer.MAX_LIMIT),
+            spec=spec,
+            run_id=run.run_id,
+            full_refresh=run.full_refresh,
+            max_workers=resource.max_concurrency,
+            business_sql=business_sql,
+            log=run.log.info,
+            on_progress=progress,
+        )
 
 
 # A swap is not paid per unit: what it earned is what the fans it brought spent on our side's
@@ -120,36 +82,21 @@ def _swap_listing(client, resource: OnlyTrafficStudioResource) -> studio.PageSta
     )
 
 
-@dg.asset(
-    group_name="onlytraffic",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "python"},
-    description="OnlyTraffic swap orders, every status (taken from the status filter: the API "
-    "sends none), one row per order_id (+ status_history); also writes swap_order_sides.",
-)
-def swap_orders(
-    context: dg.AssetExecutionContext,
-    config: SyncConfig,
-    warehouse: WarehouseResource,
-    onlytraffic_studio: OnlyTrafficStudioResource,
-) -> dg.MaterializeResult:
-    def sync(progress):
-        with onlytraffic_studio.client(on_retry=context.log.warning) as client:
-            return sync_status_listing(
-                warehouse=warehouse.open(on_wait=context.log.warning),
-                client=client,
-                listing=_swap_listing(client, onlytraffic_studio),
-                spec=studio.SWAP_ORDERS,
-                extra_specs=(studio.SWAP_ORDER_SIDES,),
-                run_id=context.run_id,
-                full_refresh=config.full_refresh,
-                max_workers=onlytraffic_studio.max_concurrency,
-                business_sql=SWAP_BUSINESS_SQL,
-                log=context.log.info,
-                on_progress=progress,
-            )
-
-    return materialize(context, sync)
+def sync_swap_orders(run: FeedRun, progress) -> SyncReport:
+    with run.onlytraffic_studio.client(on_retry=run.log.warning) as client:
+        return sync_status_listing(
+            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            client=client,
+            listing=_swap_listing(client, run.onlytraffic_studio),
+            spec=studio.SWAP_ORDERS,
+            extra_specs=(studio.SWAP_ORDER_SIDES,),
+            run_id=run.run_id,
+            full_refresh=run.full_refresh,
+            max_workers=run.onlytraffic_studio.max_concurrency,
+            business_sql=SWAP_BUSINESS_SQL,
+            log=run.log.info,
+            on_progress=progress,
+        )
 
 
 def swap_partitions_start() -> str:
@@ -200,7 +147,7 @@ def swap_orders_by_created_day(
                 on_progress=progress,
             )
 
-    result = materialize(context, sync)
+    result = materialize_asset(context, sync)
     metadata = {**(result.metadata or {}), "created_from": first_day.isoformat(), "created_to": last_day.isoformat()}
     return dg.MaterializeResult(metadata=metadata)
 
@@ -212,13 +159,20 @@ swap_orders_by_created_day_job = dg.define_asset_job(
     description="Backfill swap orders by created day (select a date range in the UI: one run).",
 )
 
-ASSETS: list = [cpc_orders, cpl_orders, swap_orders, swap_orders_by_created_day]  # every asset of this source
-SYNC_ASSETS: list = [cpc_orders, cpl_orders, swap_orders]  # current-state ingestion assets materialized by sync_all
+FEEDS: list[Feed] = [
+    Feed("cpc_orders", "onlytraffic", "OnlyTraffic CPC orders, every status, one row per order_id (+ status_history).",
+         sync_cpc_orders),
+    Feed("cpl_orders", "onlytraffic", "OnlyTraffic CPL orders, every status, one row per order_id (+ status_history).",
+         sync_cpl_orders),
+    Feed("swap_orders", "onlytraffic", "OnlyTraffic swap orders, every status (taken from the status filter: the "
+         "API sends none), one row per order_id (+ status_history); also writes swap_order_sides.", sync_swap_orders),
+]  # current-state feeds, materialized by sync_all (pipelines/assets/feeds.py)
+ASSETS: list = [swap_orders_by_created_day]  # this source's own (partitioned) assets
 CHECKS: list = [
-    *standard_checks(cpc_orders, "cpc_orders", ["order_id"]),
-    *standard_checks(cpl_orders, "cpl_orders", ["order_id"]),
-    *standard_checks(swap_orders, "swap_orders", ["order_id"]),
-    *standard_checks(swap_orders, "swap_order_sides", ["order_id", "side"], has_status=False),
+    *standard_checks("cpc_orders", "cpc_orders", ["order_id"]),
+    *standard_checks("cpl_orders", "cpl_orders", ["order_id"]),
+    *standard_checks("swap_orders", "swap_orders", ["order_id"]),
+    *standard_checks("swap_orders", "swap_order_sides", ["order_id", "side"], has_status=False),
 ]
 JOBS: list = [swap_orders_by_created_day_job]
 SCHEDULES: list = []

@@ -503,7 +503,9 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
 
         mode = "full" if full_refresh else "incremental"
         result = load.commit(
-            cursor={"offers_read": len(chosen), "final_reads": len(final)},
+            # the stream's position is per campaign (participants_final_read_at, written above in
+            # this transaction); how many lists this run read is in the log and sync_runs.requests
+            cursor={"position": "metapic_offers.participants_final_read_at"},
             mode=mode,
             started_at=started_at,
             requests=client.stats.requests,
