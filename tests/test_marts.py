@@ -14,6 +14,7 @@ import pytest
 
 from models.status import STATUS_MAPPINGS
 from pipelines.sandbox.register import write_lead_register
+from dagster_results import materializations
 
 CENT = Decimal("0.01")
 
@@ -235,6 +236,12 @@ def test_earnings_daily_across_several_days(mart_world):
         assert close(got.get(key, Decimal(0)), value), (key, got.get(key), value)
     assert all(close(v, Decimal(0)) for (s, c, d), v in got.items() if d == first)
     assert any(v > 0 for (s, c, d), v in got.items() if d == days[-1]), "money was earned on the last day"
+
+    # one more sync at the same moment: nothing moved, so no snapshot row is rewritten
+    snapshots = w.query("SELECT * FROM order_daily_snapshots ORDER BY ALL")
+    (snap,) = materializations(w.sync(), "order_daily_snapshots")
+    assert snap.metadata["rows_written"].value == 0
+    assert w.query("SELECT * FROM order_daily_snapshots ORDER BY ALL") == snapshots
 
 
 def test_status_durations_follow_status_history(mart_world):

@@ -104,6 +104,37 @@ def test_killed_syncs_then_one_more_run_equal_an_uninterrupted_sync(site, refere
         assert not instance.event_log_storage.get_concurrency_run_ids()  # no slot held by a dead run
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_both_lanes_promptly_and_the_next_run_completes_the_sync(site, reference):
+    """SIGINT to the CLI's process group (what Ctrl-C sends) while both lanes fetch: the running
+    feeds stop at their next page and commit nothing, no further feed starts, the process exits
+    soon; one more run then equals an uninterrupted sync."""
+    site.register_leads()
+    site.api("metapic").rate_limit = 100_000  # not what this test is about
+    site.sandbox.set_faults(latency=0.01)
+    start = len(site.sandbox.stats.arrivals)
+
+    def fetching_in_both_lanes() -> bool:
+        paths = [a.target for a in list(site.sandbox.stats.arrivals)[start:]]
+        return any("/metapic/" in p for p in paths) and sum("/metapic/" not in p for p in paths) >= 10
+
+    run = site.spawn(CLI, name="interrupted", **SLOW)
+    assert wait_until(lambda: fetching_in_both_lanes() or run.proc.poll() is not None, 120)
+    assert run.proc.poll() is None, "the sync finished before it could be interrupted"
+    os.killpg(run.proc.pid, signal.SIGINT)
+    interrupted = time.monotonic()
+    run.wait(120)
+    stopped_after = time.monotonic() - interrupted
+
+    assert run.returncode != 0
+    assert stopped_after < 30, f"{stopped_after:.1f}s after Ctrl-C\n{run.output[-3000:]}"
+    if site.warehouse_path.exists():
+        assert not integrity_problems(site.warehouse_path)
+    final = site.run_cli("run", name="after-ctrl-c", **SLOW)
+    assert final.returncode == 0, final.output[-3000:]
+    assert_same(site.dump(), reference.first)
+
+
 def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
     from pipelines.staging_dirs import StagingDir, remove_stale
 

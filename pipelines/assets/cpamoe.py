@@ -16,7 +16,7 @@ from pipelines.sync import SyncReport
 
 def sync_lead_files(run: FeedRun, progress) -> SyncReport:  # noqa: ARG001 - files are loaded once each
     return load_lead_register(
-        warehouse=run.warehouse.open(on_wait=run.log.warning),
+        warehouse=run.open_warehouse(),
         leads_dir=run.cpamoe.leads_dir,
         run_id=run.run_id,
         log=run.log.info,
@@ -26,7 +26,7 @@ def sync_lead_files(run: FeedRun, progress) -> SyncReport:  # noqa: ARG001 - fil
 def sync_leads(run: FeedRun, progress) -> SyncReport:
     with run.cpamoe.client(on_retry=run.log.warning) as client:
         return source.sync_lead_statuses(
-            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            warehouse=run.open_warehouse(),
             client=client,
             auth_id=run.cpamoe.auth_id,
             run_id=run.run_id,

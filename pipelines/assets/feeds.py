@@ -21,7 +21,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
@@ -54,6 +54,10 @@ class FeedRun:
     onlytraffic_studio: OnlyTrafficStudioResource
     cpamoe: CpamoeResource
     metapic: MetapicResource
+    memory_share: float = 1.0  # of WAREHOUSE_MEMORY_LIMIT, for this feed's DuckDB (see Feed)
+
+    def open_warehouse(self):
+        return self.warehouse.open(on_wait=self.log.warning, memory_share=self.memory_share)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class Feed:
     sync: Callable[[FeedRun, Callable[[str, int], None]], SyncReport]  # (run, progress) -> report
     lane: str = MAIN_LANE
     deps: tuple[str, ...] = ()  # feeds it reads (in the same lane: they run first)
+    # Part of WAREHOUSE_MEMORY_LIMIT its DuckDB may use: a light feed of the lane that runs beside
+    # the main one takes a small part, so the sync's DuckDB memory stays near the one limit.
+    memory_share: float = 1.0
 
     def spec(self) -> dg.AssetSpec:
         return dg.AssetSpec(self.key, group_name=self.group, description=self.description,
@@ -74,6 +81,22 @@ class Feed:
 
 class FeedFailed(Exception):
     """A feed of the op failed (the first one's error is the cause); the message names it."""
+
+
+class FeedStopped(Exception):
+    """Raised inside a feed at its next page once the op is ending early (Ctrl-C, a terminated
+    run): the feed commits nothing, as after any error."""
+
+
+def _stop_aware(progress: Callable[[str, int], None], stop: threading.Event) -> Callable[[str, int], None]:
+    """The feed's per-page progress callback, which also stops the feed once ``stop`` is set."""
+
+    def report(stream: str, records: int) -> None:
+        if stop.is_set():
+            raise FeedStopped("the run is stopping: this feed commits nothing")
+        progress(stream, records)
+
+    return report
 
 
 class QueueLog:
@@ -127,7 +150,7 @@ def _run_lanes(
     lanes: dict[str, list[Feed]] = {}
     for feed in selected:
         lanes.setdefault(feed.lane, []).append(feed)
-    stop = threading.Event()  # set when the op ends early: lanes start no further feed
+    stop = threading.Event()  # set when the op ends: running feeds stop at their next page, none starts
 
     def run_lane(lane: list[Feed]) -> None:
         failed: set[str] = set()
@@ -139,9 +162,10 @@ def _run_lanes(
                     failed.add(feed.key)
                     run.log.warning(f"{feed.key}: not run, it reads {', '.join(sorted(failed & set(feed.deps)))}, which failed")
                     continue
+                feed_run = replace(run, memory_share=feed.memory_share)
                 try:
-                    result = materialize(lambda progress, f=feed: f.sync(run, progress), asset_key=dg.AssetKey(feed.key),
-                                         log=run.log, warehouse=run.warehouse)
+                    result = materialize(lambda progress, f=feed, r=feed_run: f.sync(r, _stop_aware(progress, stop)),
+                                         asset_key=dg.AssetKey(feed.key), log=run.log, warehouse=run.warehouse)
                 except Exception as exc:  # noqa: BLE001 - reported by the op's thread, which fails the op
                     failed.add(feed.key)
                     events.put(("failed", feed.key, exc))

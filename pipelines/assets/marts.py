@@ -129,10 +129,10 @@ SELECT c.source, c.order_id, $day, c.currency, c.earned, c.delivered, $now
 FROM current AS c
 LEFT JOIN last_before AS b USING (source, order_id)
 LEFT JOIN order_daily_snapshots AS t ON t.source = c.source AND t.order_id = c.order_id AND t.day = $day
-WHERE t.order_id IS NOT NULL                     -- today's row: keep it the last value seen today
-   OR b.order_id IS NULL                         -- first time we see this order
-   OR c.earned IS DISTINCT FROM b.earned
-   OR c.delivered IS DISTINCT FROM b.delivered
+WHERE CASE WHEN t.order_id IS NOT NULL          -- today's row: rewritten only when the totals moved
+           THEN c.earned IS DISTINCT FROM t.earned OR c.delivered IS DISTINCT FROM t.units_delivered
+           ELSE b.order_id IS NULL                -- first time we see this order
+                OR c.earned IS DISTINCT FROM b.earned OR c.delivered IS DISTINCT FROM b.delivered END
 """
 
 

@@ -49,7 +49,7 @@ def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, business_sql
     resource = run.onlytraffic_marketer
     with resource.client(on_retry=run.log.warning) as client:
         return sync_status_listing(
-            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            warehouse=run.open_warehouse(),
             client=client,
             listing=make_listing(client, resource.page_size or marketer.MAX_LIMIT),
             spec=spec,
@@ -85,7 +85,7 @@ def _swap_listing(client, resource: OnlyTrafficStudioResource) -> studio.PageSta
 def sync_swap_orders(run: FeedRun, progress) -> SyncReport:
     with run.onlytraffic_studio.client(on_retry=run.log.warning) as client:
         return sync_status_listing(
-            warehouse=run.warehouse.open(on_wait=run.log.warning),
+            warehouse=run.open_warehouse(),
             client=client,
             listing=_swap_listing(client, run.onlytraffic_studio),
             spec=studio.SWAP_ORDERS,
