@@ -7,7 +7,6 @@ so a partial setup (only some networks) still runs.
 
 
 import os
-import re
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -61,31 +60,16 @@ class WarehouseResource(dg.ConfigurableResource):
     threads: int = 2
     lock_timeout_seconds: float = 600.0
 
-    def open(self, on_wait: Callable[[str], None] | None = None, memory_share: float = 1.0) -> Warehouse:
-        """The warehouse, schema ensured; ``memory_share`` scales DuckDB's memory limit (a lane
-        that runs beside another gets a part of it: pipelines/assets/feeds.py)."""
+    def open(self, on_wait: Callable[[str], None] | None = None) -> Warehouse:
         warehouse = Warehouse(
             self.path,
-            memory_limit=scale_memory(self.memory_limit, memory_share),
+            memory_limit=self.memory_limit,
             threads=self.threads,
             lock_timeout=self.lock_timeout_seconds,
             on_wait=on_wait,
         )
         warehouse.ensure_schema()
         return warehouse
-
-
-def scale_memory(limit: str, share: float) -> str:
-    """``share`` of a DuckDB memory size such as ``160MB`` or ``1GiB`` (in MB, at least 16MB);
-    a size it cannot read is returned as it is."""
-    if share == 1.0:
-        return limit
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)\s*", limit, re.IGNORECASE)
-    if not match:
-        return limit
-    unit = match.group(2).upper().replace("I", "")
-    mb = float(match.group(1)) * {"B": 1 / 2**20, "KB": 1 / 1024, "MB": 1, "GB": 1024, "TB": 1024**2}[unit]
-    return f"{max(16, int(mb * share))}MB"
 
 
 class _ApiResource(dg.ConfigurableResource):

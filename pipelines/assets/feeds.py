@@ -21,7 +21,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -54,10 +54,9 @@ class FeedRun:
     onlytraffic_studio: OnlyTrafficStudioResource
     cpamoe: CpamoeResource
     metapic: MetapicResource
-    memory_share: float = 1.0  # of WAREHOUSE_MEMORY_LIMIT, for this feed's DuckDB (see Feed)
 
     def open_warehouse(self):
-        return self.warehouse.open(on_wait=self.log.warning, memory_share=self.memory_share)
+        return self.warehouse.open(on_wait=self.log.warning)
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,6 @@ class Feed:
     sync: Callable[[FeedRun, Callable[[str, int], None]], SyncReport]  # (run, progress) -> report
     lane: str = MAIN_LANE
     deps: tuple[str, ...] = ()  # feeds it reads (in the same lane: they run first)
-    # Part of WAREHOUSE_MEMORY_LIMIT its DuckDB may use: a light feed of the lane that runs beside
-    # the main one takes a small part, so the sync's DuckDB memory stays near the one limit.
-    memory_share: float = 1.0
 
     def spec(self) -> dg.AssetSpec:
         return dg.AssetSpec(self.key, group_name=self.group, description=self.description,
@@ -162,9 +158,8 @@ def _run_lanes(
                     failed.add(feed.key)
                     run.log.warning(f"{feed.key}: not run, it reads {', '.join(sorted(failed & set(feed.deps)))}, which failed")
                     continue
-                feed_run = replace(run, memory_share=feed.memory_share)
                 try:
-                    result = materialize(lambda progress, f=feed, r=feed_run: f.sync(r, _stop_aware(progress, stop)),
+                    result = materialize(lambda progress, f=feed: f.sync(run, _stop_aware(progress, stop)),
                                          asset_key=dg.AssetKey(feed.key), log=run.log, warehouse=run.warehouse)
                 except Exception as exc:  # noqa: BLE001 - reported by the op's thread, which fails the op
                     failed.add(feed.key)

@@ -94,16 +94,12 @@ metapic_participant_daily_stats_job = dg.define_asset_job(
     description="Daily participant statistics of Metapic campaigns, one UTC day per partition.",
 )
 
-# Campaigns and participants are tens of thousands of small records (50,534 participants on the
-# large bench preset): a quarter of WAREHOUSE_MEMORY_LIMIT holds them while the main lane has its all.
-METAPIC_MEMORY_SHARE = 0.25
-
 FEEDS: list[Feed] = [
     Feed("metapic_offers", "metapic", "Metapic campaigns, every status, one row per offer_id (+ status_history).",
-         sync_offers, lane=METAPIC_LANE, memory_share=METAPIC_MEMORY_SHARE),
+         sync_offers, lane=METAPIC_LANE),
     Feed("metapic_participants", "metapic", "Participants of every Metapic campaign, one row per (offer_id, "
          "participant_key) (+ status_history). Re-read while the campaign can change, and once after it ends.",
-         sync_participants, lane=METAPIC_LANE, deps=("metapic_offers",), memory_share=METAPIC_MEMORY_SHARE),
+         sync_participants, lane=METAPIC_LANE, deps=("metapic_offers",)),
 ]  # current-state feeds, materialized by sync_all in their own lane (pipelines/assets/feeds.py)
 ASSETS: list = [metapic_participant_daily_stats]  # this source's own (partitioned) assets
 CHECKS: list = [
