@@ -35,8 +35,7 @@ _IN_PROCESS: dict[str, threading.RLock] = {}
 _IN_PROCESS_GUARD = threading.Lock()
 
 
-def _in_process_lock(location: str) -> threading.RLock:
-    key = str(Path(location).resolve()) if not location.startswith(REMOTE_PREFIXES) else location
+def _in_process_lock(key: str) -> threading.RLock:
     with _IN_PROCESS_GUARD:
         return _IN_PROCESS.setdefault(key, threading.RLock())
 
@@ -78,6 +77,11 @@ class Warehouse:
     @property
     def is_local_file(self) -> bool:
         return not self.location.startswith(REMOTE_PREFIXES) and self.location != ":memory:"
+
+    @property
+    def key(self) -> str:
+        """The location as one string per database: a local file's absolute path."""
+        return str(Path(self.location).resolve()) if self.is_local_file else self.location
 
     @property
     def staging_root(self) -> Path:
@@ -128,7 +132,7 @@ class Warehouse:
         """ATTACH the warehouse to ``con`` as ``alias`` for the duration of the block (other
         threads of this process wait for it: see ``_IN_PROCESS``)."""
         self._prepare()
-        with _in_process_lock(self.location):
+        with _in_process_lock(self.key):
             self._with_lock_wait(lambda: con.execute(self.attach_sql(alias, read_only)), "attach")
             try:
                 yield alias
@@ -139,7 +143,7 @@ class Warehouse:
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection whose default catalog is the warehouse (for views, checks and queries);
         other threads of this process wait for it to close."""
-        with _in_process_lock(self.location), self._connect(read_only) as con:
+        with _in_process_lock(self.key), self._connect(read_only) as con:
             yield con
 
     @contextmanager
@@ -190,9 +194,8 @@ class Warehouse:
         Tables are only ever created or given new columns, never dropped, so once checked a
         location stays valid for the life of the process.
         """
-        key = str(Path(self.location).resolve()) if self.is_local_file else self.location
-        if key in Warehouse._ensured and (not self.is_local_file or Path(self.location).exists()):
-            return
+        if self._schema_known():
+            return  # checked without the lock: a commit of the other lane may be holding it
 
         def create() -> None:
             engine = self.engine()
@@ -201,8 +204,11 @@ class Warehouse:
             finally:
                 engine.dispose()
 
-        with _in_process_lock(self.location):
-            if key in Warehouse._ensured and (not self.is_local_file or Path(self.location).exists()):
+        with _in_process_lock(self.key):
+            if self._schema_known():
                 return  # another thread of this process created it meanwhile
             self._with_lock_wait(create, "create schema")
-            Warehouse._ensured.add(key)
+            Warehouse._ensured.add(self.key)
+
+    def _schema_known(self) -> bool:
+        return self.key in Warehouse._ensured and (not self.is_local_file or Path(self.location).exists())

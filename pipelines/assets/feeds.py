@@ -154,9 +154,9 @@ def _run_lanes(
             for feed in lane:
                 if stop.is_set():
                     break
-                if failed & set(feed.deps):
+                if failed_deps := sorted(failed & set(feed.deps)):
                     failed.add(feed.key)
-                    run.log.warning(f"{feed.key}: not run, it reads {', '.join(sorted(failed & set(feed.deps)))}, which failed")
+                    run.log.warning(f"{feed.key}: not run, it reads {', '.join(failed_deps)}, which failed")
                     continue
                 try:
                     result = materialize(lambda progress, f=feed: f.sync(run, _stop_aware(progress, stop)),
