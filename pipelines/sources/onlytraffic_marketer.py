@@ -150,6 +150,14 @@ class OffsetStatusListing:
                 empty_checks, hole_at = 0, None
             emit(Page(response.content, len(records), listed_status=status, label=label))
             if len(records) < limit:
+                if hole_at is not None:  # the probe after a page that stayed empty was empty too:
+                    # with no total, a list ending there cannot be told from a page that always
+                    # comes back empty, so the orders after it may be missing
+                    outcome.warnings.append(
+                        f"{label}: page at offset {hole_at} stayed empty and the next page too; the list "
+                        f"ends there or orders from {hole_at} on are missing; list not complete"
+                    )
+                    outcome.degraded = True
                 outcome.complete = not outcome.degraded
                 return outcome
             if since is not None:
