@@ -146,9 +146,15 @@ def standard_checks(asset, table: str, key: Sequence[str], *, has_status: bool =
     return checks
 
 
-def history_intervals_check(asset, source: str) -> WarehouseCheck:
+def history_intervals_check(asset, source: str, entities_sql: str | None = None) -> WarehouseCheck:
     """status_history of one source: per entity, intervals neither overlap nor leave gaps, none
-    ends before it starts, and exactly one is current (valid_to NULL)."""
+    ends before it starts, and exactly one is current (valid_to NULL).
+
+    ``entities_sql`` (the entity ids that still have a row) is for a source whose entities can be
+    removed (Metapic participants no longer listed): a removed entity has no current interval, and
+    an entity still in its table must have one, while an entity with a current interval but no row
+    is an error. Without it every entity must have a current interval.
+    """
 
     @check(
         asset,
@@ -156,6 +162,13 @@ def history_intervals_check(asset, source: str) -> WarehouseCheck:
         f"status_history for source '{source}': contiguous intervals, exactly one current per entity.",
     )
     def evaluate(con) -> Outcome:
+        keep, rowless = "true", ""
+        if entities_sql is not None:
+            keep = f"problem <> 'no current interval' OR entity_id IN ({entities_sql})"
+            rowless = (
+                "UNION ALL SELECT 'current interval without a row', entity_id FROM status_history "
+                f"WHERE source = '{source}' AND valid_to IS NULL AND entity_id NOT IN ({entities_sql})"
+            )
         rows = con.execute(
             f"""
             WITH h AS (
@@ -178,7 +191,9 @@ def history_intervals_check(asset, source: str) -> WarehouseCheck:
                 SELECT entity_id, 'more than one current interval' FROM h
                 WHERE valid_to IS NULL AND n < intervals
             )
-            SELECT problem, entity_id FROM problems ORDER BY ALL LIMIT {SAMPLE}
+            SELECT problem, entity_id FROM problems WHERE {keep}
+            {rowless}
+            ORDER BY ALL LIMIT {SAMPLE}
             """
         ).fetchall()
         if not rows:

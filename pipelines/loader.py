@@ -301,12 +301,15 @@ class StreamLoad:
         full_walk: bool = False,
         business_sql: str | None = None,
         after_merge: Callable[[duckdb.DuckDBPyConnection, datetime], None] | None = None,
+        before_merge: Callable[[duckdb.DuckDBPyConnection, datetime], None] | None = None,
     ) -> LoadResult:
         """Type, validate and merge everything staged, in one warehouse transaction.
 
         ``after_merge(con, now)`` runs inside that transaction after the tables are merged, for a
         feed's own set-based statements (e.g. stamping ``last_checked_at`` on polled rows); it may
         read the staging tables ``cur_<table>`` and must write only to ``wh.main.*``.
+        ``before_merge(con, now)`` is the same, run in that transaction before the tables are
+        merged (e.g. re-keying warehouse rows so the merge matches them to this run's records).
         """
         self.flush()
         assert self.con is not None
@@ -324,6 +327,8 @@ class StreamLoad:
             result = LoadResult(self.stream, now)
             con.execute("BEGIN TRANSACTION")
             try:
+                if before_merge is not None:
+                    before_merge(con, now)
                 for spec in self.specs:
                     result.tables[spec.table] = self._merge_table(spec, now)
                 if after_merge is not None:

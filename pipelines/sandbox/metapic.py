@@ -29,6 +29,7 @@ the campaign was active at the start of that (UTC) day.
 from __future__ import annotations
 
 import math
+import random
 import re
 import threading
 import time
@@ -82,6 +83,8 @@ class Participant:
     done: datetime | None = None
     payment: str | None = None  # paid on "done" for one-time-payment campaigns ("150.00")
     forced_status: str | None = None  # tests: a status the docs do not list
+    signed_up: datetime | None = None  # a pre-registered creator who signed up: id and user_id from then on
+    removed: datetime | None = None  # no longer listed from then on
     _clicks_cache: tuple[datetime, int] | None = None
 
 
@@ -127,11 +130,17 @@ class Offer:
 class MetapicCampaigns:
     """Campaigns whose status is a function of time, and participants moving through statuses."""
 
+    # Per participant of a live campaign and per day: the chance that a pre-registered one signs up,
+    # and that one is removed from the list. Settable (tests raise them).
+    signups_per_day = 0.08
+    removals_per_day = 0.01
+
     def __init__(self, world: World) -> None:
         self.world = world
         self.offers: list[Offer] = []
         self.by_id: dict[int, Offer] = {}
         self._participants = 0
+        self.keyless_every = 0  # see set_keyless
         rng = world.rng("metapic", "initial")
         for i in range(world.scale.offers):
             self._new_offer(rng, FATES[i % len(FATES)], world.anchor, active_rank=i // len(FATES))
@@ -223,8 +232,8 @@ class MetapicCampaigns:
         joined = offer.created + timedelta(seconds=rng.uniform(0, span) * 0.8)
         kind = rng.random()
         ident: dict[str, Any] = {"id": None, "user_id": None, "identifier": None, "email": None, "display_name": None}
-        if n % 40 == 0:
-            pass  # nothing identifies this participant: the warehouse quarantines it
+        if self.keyless_every and n % self.keyless_every == 0:
+            pass  # nothing identifies this participant (no doc shows one): only with the switch on
         elif kind < 0.5:
             ident.update(id=50_000 + n, user_id=3000 + n, display_name=f"creator{n}" if n % 2 else None)
         elif kind < 0.72:
@@ -250,10 +259,22 @@ class MetapicCampaigns:
                 p.payment = f"{rng.choice((50, 100, 150, 250)):.2f}"
         return p
 
+    def set_keyless(self, every: int = 40) -> list[Participant]:
+        """Switch for quarantine tests: every ``every``-th participant, existing and future, has
+        nothing to key it by (no id, user_id, pre-registered identifier, e-mail or display name).
+        No doc shows such a participant, so the default world has none. Returns those changed."""
+        self.keyless_every = every
+        changed = [p for o in self.offers for p in o.participants if every and p.n % every == 0]
+        for p in changed:
+            p.id = p.user_id = p.identifier = p.email = p.display_name = None
+            p.signed_up = None
+        return changed
+
     # -- time passes -----------------------------------------------------------------------------
 
     def advance(self, world: World, until: datetime) -> None:
-        """Campaign and participant statuses are functions of time; only new campaigns arrive."""
+        """Campaign and participant statuses are functions of time; new campaigns arrive, and now
+        and then a pre-registered participant of a live campaign signs up or one is removed."""
         rng = world.rng("metapic", "step", until.isoformat())
         hours = (until - world.now).total_seconds() / 3600
         per_hour = world.scale.offers / (world.scale.history_days * 24)
@@ -262,6 +283,41 @@ class MetapicCampaigns:
             expected += 1
         for _ in range(int(expected)):
             self._new_offer(rng, "new", world.now + timedelta(hours=rng.uniform(0, hours)))
+        self._evolve_participants(world, until)
+
+    def _evolve_participants(self, world: World, until: datetime) -> None:
+        """Sign-ups (the creator gains ``id`` and ``user_id``, keeps serving its pre-registered
+        identifier or e-mail, ``display_name`` becomes null) and removals, among the participants
+        of campaigns whose list can still change, at a random second of the step (seeded)."""
+        start = world.now
+        seconds = (until - start).total_seconds()
+        if seconds <= 0:
+            return
+        rng = world.rng("metapic", "participants", until.isoformat())
+        live = [o for o in self.offers if o.created <= start and until <= o.frozen_at]
+        members = [p for o in live for p in self.joined(o)]
+        pre = [p for p in members if p.signed_up is None and p.id is None and (p.identifier or p.email)]
+        for people, rate, attr in ((pre, self.signups_per_day, "signed_up"), (members, self.removals_per_day, "removed")):
+            expected = len(people) * rate * seconds / 86400
+            count = int(expected) + (1 if rng.random() < expected - int(expected) else 0)
+            for p in rng.sample(people, min(count, len(people))):
+                at = start + timedelta(seconds=rng.uniform(0, seconds))
+                setattr(p, attr, min(at.replace(microsecond=0) + timedelta(seconds=1), until))
+
+    def sign_up(self, p: Participant, at: datetime | None = None) -> None:
+        """A pre-registered participant signs up (now, unless ``at``)."""
+        p.signed_up = at or self.now
+
+    def remove(self, p: Participant, at: datetime | None = None) -> None:
+        """A participant leaves the list (now, unless ``at``)."""
+        p.removed = at or self.now
+
+    def identity(self, p: Participant) -> tuple[int | None, int | None, str | None]:
+        """``id``, ``user_id`` and ``display_name`` as served now: a signed-up creator has an id and
+        a user id, and no display name."""
+        if p.signed_up is not None and p.signed_up <= self.now:
+            return 50_000 + p.n, 3000 + p.n, None
+        return p.id, p.user_id, p.display_name
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -304,8 +360,9 @@ class MetapicCampaigns:
         return p._clicks_cache[1]
 
     def joined(self, offer: Offer, until: datetime | None = None) -> list[Participant]:
+        """Participants listed: joined by ``until`` (default now), not removed by now."""
         limit = min(self.now, until) if until is not None else self.now
-        return [p for p in offer.participants if p.joined <= limit]
+        return [p for p in offer.participants if p.joined <= limit and (p.removed is None or p.removed > self.now)]
 
     def render_offer(self, offer: Offer, includes: set[str]) -> dict[str, Any]:
         key = f"dXBsb2Fkcy9vZmZlci97b2ZmZXIuaWR9{offer.id}"
@@ -331,11 +388,12 @@ class MetapicCampaigns:
         return record
 
     def render_participant(self, offer: Offer, p: Participant) -> dict[str, Any]:
+        pid, user_id, display_name = self.identity(p)
         record: dict[str, Any] = {
-            "id": p.id,
+            "id": pid,
             "offer_id": offer.id,
-            "user_id": p.user_id,
-            "display_name": p.display_name,
+            "user_id": user_id,
+            "display_name": display_name,
             "clicks": self.total_clicks(offer, p),
             "status": self.participant_status(offer, p, self.now),
         }
@@ -356,10 +414,11 @@ class MetapicCampaigns:
             if self.daily_clicks(offer, p, first + timedelta(days=i))
         )
         cpc = next(c for c in offer.costs if c["source"] == 0)["cpc"] / 100
+        pid, user_id, display_name = self.identity(p)
         return {
-            "id": p.id,
-            "user_id": p.user_id,
-            "display_name": p.display_name,
+            "id": pid,
+            "user_id": user_id,
+            "display_name": display_name,
             "clicks": clicks,
             "status": self.participant_status(offer, p, self.now),
             "links_created": links,
@@ -452,8 +511,35 @@ DRIFT_FIELDS = {
 }
 
 
+CHURN_KINDS = ("status", "signup", "remove")
+
+
+@dataclass
+class ChurnPlan:
+    """A live participant list changing while it is read (issue 16): on a ``share`` (0..1) of
+    participant-list requests, before answering, one participant of that campaign moves one
+    status on, signs up, or is removed (one of ``kinds``, chosen by a generator seeded with
+    ``seed``). The change is real: it stays in the truth afterwards. Campaigns whose list is
+    frozen (ended, deleted) never change."""
+
+    share: float = 0.0
+    kinds: tuple[str, ...] = CHURN_KINDS
+    seed: int = 11
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ChurnPlan:
+        plan = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        plan.kinds = tuple(plan.kinds)
+        if set(plan.kinds) - set(CHURN_KINDS):
+            raise ValueError(f"unknown churn kinds: {sorted(set(plan.kinds) - set(CHURN_KINDS))}")
+        if not 0 <= plan.share <= 1:
+            raise ValueError("share must be between 0 and 1")
+        return plan
+
+
 class MetapicApi:
-    """The Metapic API v2 routes the warehouse reads. ``rate_limit``/``rate_window`` are settable."""
+    """The Metapic API v2 routes the warehouse reads. ``rate_limit``/``rate_window`` are settable;
+    :meth:`set_churn` makes participant lists change while they are read."""
 
     name = "metapic"
     prefix = "/metapic"
@@ -466,6 +552,48 @@ class MetapicApi:
         self.rate_limit = 300
         self.rate_window = 60.0
         self.limiter = FixedWindowLimiter(self)
+        self.set_churn()
+
+    def set_churn(self, **plan: Any) -> None:
+        """Switch list churn (a :class:`ChurnPlan` as keywords; no arguments: off). ``churned``
+        counts the changes applied per kind, ``churn_log`` lists them (offer id, participant, kind)."""
+        self.churn = ChurnPlan.from_dict(plan)
+        self._churn_rng = random.Random(self.churn.seed)
+        self.churned: dict[str, int] = {}
+        self.churn_log: list[tuple[int, int, str]] = []
+
+    def _maybe_churn(self, offer: Offer) -> None:
+        """Apply one change to ``offer``'s participants before a list request is answered."""
+        plan, rng, campaigns = self.churn, self._churn_rng, self.campaigns
+        now = campaigns.now
+        if plan.share <= 0 or now >= offer.frozen_at or rng.random() >= plan.share:
+            return
+        members = campaigns.joined(offer)
+        events = ("denied", "accepted", "product_sent", "have_received", "done")
+
+        def next_event(p: Participant) -> str | None:
+            later = [(getattr(p, e), e) for e in events if getattr(p, e) is not None and getattr(p, e) > now]
+            return min(later)[1] if later and not p.forced_status else None
+
+        candidates = {
+            "status": [p for p in members if next_event(p)],
+            "signup": [p for p in members if p.signed_up is None and p.id is None and (p.identifier or p.email)],
+            "remove": members,
+        }
+        kinds = [k for k in plan.kinds if candidates[k]]
+        if not kinds:
+            return
+        kind = rng.choice(kinds)
+        p = rng.choice(candidates[kind])
+        if kind == "status":
+            setattr(p, next_event(p), now)  # type: ignore[arg-type]
+            p._clicks_cache = None
+        elif kind == "signup":
+            campaigns.sign_up(p)
+        else:
+            campaigns.remove(p)
+        self.churned[kind] = self.churned.get(kind, 0) + 1
+        self.churn_log.append((offer.id, p.n, kind))
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -567,6 +695,7 @@ class MetapicApi:
         page = _integer(params, "page", errors, minimum=1)
         if errors:
             raise ValidationError(errors)
+        self._maybe_churn(offer)
         rows = [self.campaigns.render_participant(offer, p) for p in self.campaigns.joined(offer)]
         if status is not None:
             rows = [r for r in rows if r["status"] == status]

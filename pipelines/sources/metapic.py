@@ -97,7 +97,8 @@ class ListWalk:
     records: int = 0
     pages: int = 0
     total: int | None = None
-    complete: bool = False  # every page read and at least ``meta.total`` records received
+    complete: bool = False  # every page read, at least ``meta.total`` records, and the total never moved
+    moved: bool = False  # ``meta.total`` changed between pages: the list shifted while it was read
     not_found: bool = False  # HTTP 404: the list's parent (an offer) no longer exists
     warnings: list[str] = field(default_factory=list)
 
@@ -115,8 +116,10 @@ def walk_pages(
     """Emit every page of a Laravel-paginated list, following ``meta.last_page``.
 
     A page that repeats the previous one, or comes back empty before the last page, is asked for
-    once more before the walk gives up on the list (not complete, with a warning); a total that
-    changes between pages is reported.
+    once more before the walk gives up on the list (not complete, with a warning). A total that
+    changes between pages means records were added or removed while the list was read, so a record
+    may have shifted onto a page already read: the walk is reported and never counts as complete,
+    even when the number of records received matches the last total.
     """
     walk = ListWalk(label)
     page = 1
@@ -161,10 +164,11 @@ def walk_pages(
         if total is not None:
             if first_total is None:
                 first_total = total
-            elif total != first_total and walk.total == first_total:
+            elif total != first_total and not walk.moved:
+                walk.moved = True
                 walk.warnings.append(
                     f"{label}: total changed from {first_total} to {total} between pages "
-                    "(the list moved while it was read)"
+                    "(the list moved while it was read); list not complete"
                 )
             walk.total = total
         if current is not None and current != page:
@@ -174,8 +178,8 @@ def walk_pages(
             walk.warnings.append(f"{label}: page {page} is empty before the last page; list not complete")
             return walk
         if not more:
-            walk.complete = walk.total is None or walk.records >= walk.total
-            if not walk.complete:
+            walk.complete = (walk.total is None or walk.records >= walk.total) and not walk.moved
+            if not walk.complete and not walk.moved:
                 walk.warnings.append(f"{label}: received {walk.records} of {walk.total} records")
             return walk
         if page >= MAX_PAGES:
@@ -209,12 +213,16 @@ def _pre_key(expr: str) -> str:
     return f"CASE WHEN {_is_email(expr)} THEN {_email_key(expr)} ELSE 'pre:' || {expr} END"
 
 
-# The participant's key, over the record as the API sent it (before scrubbing).
+# The participant's key, over the record as the API sent it (before scrubbing). A pre-registered
+# participant who signs up gains an ``id`` and a ``user_id`` but keeps serving its pre-registered
+# identifier (or e-mail): that is its key while it carries one, so a sign-up updates the same row
+# instead of adding a second participant. Then ``id``, then ``user_id``, then ``display_name`` (which
+# repeats the identifier or e-mail of a pre-registered participant in participants-stats).
 PARTICIPANT_KEY_SQL = f"""CASE
-    WHEN {_s('$.id')} IS NOT NULL THEN 'id:' || {_s('$.id')}
-    WHEN {_s('$.user_id')} IS NOT NULL THEN 'user:' || {_s('$.user_id')}
     WHEN {_s('$.pre_registered_identifier')} IS NOT NULL THEN {_pre_key(_s('$.pre_registered_identifier'))}
     WHEN {_s('$.pre_registered_email')} IS NOT NULL THEN {_email_key(_s('$.pre_registered_email'))}
+    WHEN {_s('$.id')} IS NOT NULL THEN 'id:' || {_s('$.id')}
+    WHEN {_s('$.user_id')} IS NOT NULL THEN 'user:' || {_s('$.user_id')}
     WHEN {_s('$.display_name')} IS NOT NULL THEN {_pre_key(_s('$.display_name'))}
 END"""
 
@@ -235,6 +243,28 @@ def _keyed_records_sql(extra: str = "") -> str:
                TRY_CAST(split_part(label, ':', 2) AS BIGINT) AS label_offer_id,
                {PARTICIPANT_KEY_SQL} AS participant_key {extra}
         FROM recs WHERE ({PARTICIPANT_KEY_SQL}) IS NOT NULL"""
+
+
+# participants-stats records carry no pre_registered_* fields: a signed-up participant's stats are
+# keyed ``id:``/``user:`` by the rule above. When the participants table already knows that id or
+# user_id under another key (its pre-registered one, kept after sign-up) for the same offer, the
+# stats take that key, so both tables name one participant alike. Built from the warehouse in
+# ``read_state`` (snapshot ``participant_aliases``).
+PARTICIPANT_ALIASES_SQL = """
+    SELECT offer_id, alias, any_value(participant_key) AS participant_key
+    FROM (SELECT offer_id, 'id:' || participant_id AS alias, participant_key
+          FROM wh.main.metapic_participants WHERE participant_id IS NOT NULL
+          UNION ALL
+          SELECT offer_id, 'user:' || user_id AS alias, participant_key
+          FROM wh.main.metapic_participants WHERE user_id IS NOT NULL)
+    WHERE alias <> participant_key
+    GROUP BY offer_id, alias
+    HAVING count(DISTINCT participant_key) = 1"""
+
+STATS_RECORDS_SQL = f"""
+    SELECT k.* REPLACE (coalesce(a.participant_key, k.participant_key) AS participant_key)
+    FROM ({_keyed_records_sql(", TRY_CAST(split_part(label, ':', 3) AS DATE) AS label_date")}) AS k
+    LEFT JOIN participant_aliases AS a ON a.offer_id = k.label_offer_id AND a.alias = k.participant_key"""
 
 
 def quarantine_keyless(con: duckdb.DuckDBPyConnection, now: datetime, table: str, run_id: str) -> int:
@@ -330,7 +360,7 @@ DAILY_STATS = TableSpec(
     source=None,  # no history: the participant's status is kept as columns only
     key=("offer_id", "participant_key", "date"),
     created_field=None,
-    records_sql=_keyed_records_sql(", TRY_CAST(split_part(label, ':', 3) AS DATE) AS label_date"),
+    records_sql=STATS_RECORDS_SQL,
     fields=(
         Field("offer_id", sql="label_offer_id"),
         Field("participant_key", sql="participant_key"),
@@ -436,19 +466,117 @@ def participants_path(offer_id: int) -> str:
 def _offers_to_read_sql() -> str:
     """Every known offer: is it terminal, and were its participants read since it became so?
 
-    "Since" is measured against the start of the offer's current status interval, so an offer that
-    is reopened and ends again gets another final read.
+    "Since" is measured against the offer's last non-terminal status: the final read counts unless
+    the offer was in a non-terminal status after it (reopened, then ended again: another final
+    read). Moving from one terminal status to another (``ended`` -> ``deleted``) changes nothing
+    a participant list can show, so it asks for no request.
     """
     terminal = ", ".join(f"'{s}'" for s in TERMINAL_OFFER_STATUSES)
     return f"""
         SELECT o.offer_id,
                coalesce(o.source_status IN ({terminal}), false) AS terminal,
-               CASE WHEN o.participants_final_read_at IS NULL THEN false
-                    WHEN h.valid_from IS NULL THEN true
-                    ELSE o.participants_final_read_at >= h.valid_from END AS final_read
-        FROM wh.main.metapic_offers AS o
-        LEFT JOIN wh.main.status_history AS h
-          ON h.source = '{OFFERS.source}' AND h.entity_id = CAST(o.offer_id AS VARCHAR) AND h.valid_to IS NULL"""
+               o.participants_final_read_at IS NOT NULL AND NOT EXISTS (
+                   SELECT 1 FROM wh.main.status_history AS h
+                   WHERE h.source = '{OFFERS.source}' AND h.entity_id = CAST(o.offer_id AS VARCHAR)
+                     AND coalesce(h.source_status NOT IN ({terminal}), true)
+                     AND (h.valid_to IS NULL OR h.valid_to > o.participants_final_read_at)) AS final_read
+        FROM wh.main.metapic_offers AS o"""
+
+
+_PARTICIPANT_ENTITY = PARTICIPANTS.entity_id_sql("{a}")
+_HISTORY = "wh.main.status_history"
+
+
+def rekey_signed_up(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
+    """Warehouse rows keyed ``id:``/``user:`` by an earlier version for a participant this run
+    keys by its pre-registered identifier or e-mail (same offer, same id or user_id): the row and
+    its history take the new key, so the merge updates it instead of adding a second participant.
+    When the warehouse already has a row under the new key too (the stale row of the participant
+    before it signed up), the old-keyed row is the duplicate: it is removed and its current
+    history interval closed. Runs in the commit's transaction, before the merge."""
+    table = f"wh.main.{PARTICIPANTS.table}"
+    cur = f"cur_{PARTICIPANTS.table}"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE rekey AS
+        SELECT c.offer_id, c.participant_key AS new_key, t.participant_key AS old_key,
+               {_PARTICIPANT_ENTITY.format(a="c")} AS new_entity, {_PARTICIPANT_ENTITY.format(a="t")} AS old_entity,
+               row_number() OVER (PARTITION BY c.offer_id, c.participant_key
+                                  ORDER BY t.synced_at DESC, t.participant_key) = 1
+               AND NOT EXISTS (SELECT 1 FROM {table} AS e
+                               WHERE e.offer_id = c.offer_id AND e.participant_key = c.participant_key) AS rename
+        FROM {cur} AS c
+        JOIN {table} AS t
+          ON t.offer_id = c.offer_id
+         AND (t.participant_key = 'id:' || c.participant_id OR t.participant_key = 'user:' || c.user_id)
+        WHERE NOT (c.participant_key LIKE 'id:%' OR c.participant_key LIKE 'user:%')
+          AND NOT EXISTS (SELECT 1 FROM {cur} AS o
+                          WHERE o.offer_id = t.offer_id AND o.participant_key = t.participant_key)
+        QUALIFY count(*) OVER (PARTITION BY t.offer_id, t.participant_key) = 1
+        """
+    )
+    count = con.execute("SELECT count(*) FROM rekey").fetchone()[0]
+    if not count:
+        return 0
+    source = {"src": PARTICIPANTS.source}
+    con.execute(
+        f"UPDATE {_HISTORY} SET valid_to = greatest($now, valid_from) FROM rekey AS r "
+        f"WHERE NOT r.rename AND {_HISTORY}.source = $src AND {_HISTORY}.entity_id = r.old_entity "
+        f"AND {_HISTORY}.valid_to IS NULL",
+        {**source, "now": now},
+    )
+    con.execute(
+        f"UPDATE {_HISTORY} SET entity_id = r.new_entity FROM rekey AS r "
+        f"WHERE r.rename AND {_HISTORY}.source = $src AND {_HISTORY}.entity_id = r.old_entity",
+        source,
+    )
+    con.execute(
+        f"INSERT INTO {table} SELECT t.* REPLACE (r.new_key AS participant_key) FROM {table} AS t "
+        "JOIN rekey AS r ON r.offer_id = t.offer_id AND r.old_key = t.participant_key WHERE r.rename"
+    )
+    con.execute(
+        f"DELETE FROM {table} AS t USING rekey AS r WHERE r.offer_id = t.offer_id AND r.old_key = t.participant_key"
+    )
+    return count
+
+
+def remove_unlisted(con: duckdb.DuckDBPyConnection, now: datetime, offer_ids: list[int]) -> int:
+    """The snapshot rule: a complete read of an offer's participant list is the whole truth for
+    that offer. A participant of those offers that this run's read did not list (under any key it
+    could have: a record quarantined for a wrong type still counts as listed) leaves the table and
+    its current history interval is closed, so it no longer counts anywhere. Offers read
+    incompletely (error, 404, a page lie, a list that moved while read) are not passed here."""
+    if not offer_ids:
+        return 0
+    table = f"wh.main.{PARTICIPANTS.table}"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE unlisted AS
+        SELECT t.offer_id, t.participant_key, {_PARTICIPANT_ENTITY.format(a="t")} AS entity_id
+        FROM {table} AS t
+        WHERE list_contains($ids, t.offer_id)
+          AND NOT EXISTS (SELECT 1 FROM typed_{PARTICIPANTS.table} AS c
+                          WHERE c.offer_id = t.offer_id AND c.participant_key = t.participant_key)
+        """,
+        {"ids": offer_ids},
+    )
+    count = con.execute("SELECT count(*) FROM unlisted").fetchone()[0]
+    if count:
+        con.execute(
+            f"UPDATE {_HISTORY} SET valid_to = greatest($now, valid_from) FROM unlisted AS u "
+            f"WHERE {_HISTORY}.source = $src AND {_HISTORY}.entity_id = u.entity_id AND {_HISTORY}.valid_to IS NULL",
+            {"now": now, "src": PARTICIPANTS.source},
+        )
+        con.execute(
+            f"DELETE FROM {table} AS t USING unlisted AS u "
+            "WHERE u.offer_id = t.offer_id AND u.participant_key = t.participant_key"
+        )
+    return count
+
+
+# The participants that still exist: an entity of the participants' history without a row here
+# was removed (snapshot rule) and has no current interval (pipelines.checks).
+PARTICIPANT_ENTITIES_SQL = f"SELECT {PARTICIPANTS.entity_id_sql()} FROM {PARTICIPANTS.table}"
 
 
 def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, full_refresh: bool = False) -> SyncReport:
@@ -489,11 +617,18 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
             for (offer_id, is_terminal), walk in zip(chosen, walks, strict=True)
             if is_terminal and (walk.complete or walk.not_found)  # type: ignore[union-attr]
         ]
+        # the offers whose list this run read whole: the snapshot rule applies to them only
+        complete = [offer_id for (offer_id, _), walk in zip(chosen, walks, strict=True) if walk.complete]  # type: ignore[union-attr]
 
         keyless: list[int] = []
+        counts: dict[str, int] = {}
+
+        def before_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+            counts["rekeyed"] = rekey_signed_up(con, now)
 
         def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
             keyless.append(quarantine_keyless(con, now, PARTICIPANTS.table, run_id))
+            counts["removed"] = remove_unlisted(con, now, complete)
             if final:
                 con.execute(
                     "UPDATE wh.main.metapic_offers SET participants_final_read_at = $now "
@@ -514,8 +649,16 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
             full_walk=full_refresh,
             business_sql=PARTICIPANTS_BUSINESS_SQL,
             after_merge=after_merge,
+            before_merge=before_merge,
         )
         result.primary.quarantined += sum(keyless)
+        result.business["participants_removed"] = float(counts.get("removed", 0))
+        result.business["participants_rekeyed"] = float(counts.get("rekeyed", 0))
+        if counts.get("removed") or counts.get("rekeyed"):
+            fetcher.log(
+                f"metapic_participants: {counts.get('removed', 0)} participant(s) no longer listed removed, "
+                f"{counts.get('rekeyed', 0)} row(s) keyed the old way re-keyed"
+            )
     return _report(PARTICIPANTS.table, mode, result, started, warnings, client.stats.requests, client.stats.retries)
 
 
@@ -549,7 +692,7 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
     stream = f"{DAILY_STATS.table}:{day.isoformat()}"
     requests_before, retries_before = client.stats.requests, client.stats.retries
     with StreamLoad(warehouse, stream, [DAILY_STATS], run_id=run_id, on_progress=fetcher.progress) as load:
-        load.read_state({"live_offers": live_offers_sql(day)})
+        load.read_state({"live_offers": live_offers_sql(day), "participant_aliases": PARTICIPANT_ALIASES_SQL})
         offer_ids = [r[0] for r in load.query("SELECT offer_id FROM live_offers")]
         if not offer_ids:
             fetcher.log(f"{stream}: no offer in the warehouse was live that day (materialize metapic_offers first?)")
