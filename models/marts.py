@@ -31,3 +31,19 @@ order_daily_snapshots = sa.Table(
     big("units_delivered"),
     tstz("captured_at", nullable=False),
 )
+
+# What each order had earned and delivered when its source's first sync observed it: the
+# baseline v_earnings_daily attributes to no day. One row per order present in the warehouse at
+# the snapshot step of the first sync that loaded any order of its source (the day it ran does not
+# matter: a baseline has no day); orders first seen later have no row and count from zero.
+# Written once per source, never updated.
+order_baselines = sa.Table(
+    "order_baselines",
+    metadata,
+    text("source", primary_key=True),
+    text("order_id", primary_key=True),
+    text("currency"),
+    money("earned"),
+    big("units_delivered"),
+    tstz("captured_at", nullable=False),
+)

@@ -10,9 +10,13 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import os
+
 import pytest
 
+from conftest import ANCHOR, World
 from models.status import STATUS_MAPPINGS
+from pipelines.sandbox import Sandbox
 from pipelines.sandbox.register import write_lead_register
 from dagster_results import materializations
 
@@ -22,6 +26,10 @@ CENT = Decimal("0.01")
 @pytest.fixture
 def mart_world(world, tmp_path: Path, monkeypatch):
     """The tiny world with the cpa.moe register and a payouts file for all offers but one."""
+    return _with_marts_inputs(world, tmp_path, monkeypatch)
+
+
+def _with_marts_inputs(world, tmp_path: Path, monkeypatch):
     leads_dir = tmp_path / "leads"
     write_lead_register(world.sandbox, leads_dir)
     payouts = tmp_path / "payouts.csv"
@@ -38,6 +46,56 @@ def mart_world(world, tmp_path: Path, monkeypatch):
     world.unpaid_offer = unpaid
     world.payouts = {o: (Decimal(f"{10 + o % 5}.50"), "EUR" if o % 2 else "USD") for o in offers[1:]}
     return world
+
+
+# Hours advanced before each sync of the shared world: 12:00 and 18:00 of day 1 (a sync within
+# the first day), 06:00 and 18:00 of day 2, 18:00 of day 3.
+SHARED_STEPS = [0, 6, 12, 12, 24]
+
+
+@pytest.fixture(scope="module")
+def synced_days(tmp_path_factory):
+    """One mart world synced over three simulated days, shared by the tests that only read it
+    (each sync of the tiny world costs ~1.5 s; these tests used to sync a world each).
+
+    Set up as conftest's ``world`` plus ``mart_world``, with one swap order none of whose sides is
+    ours. Records the truth after each sync (``w.observed``: (now, {(source, order): (currency,
+    earned)})) and the orders of the first sync
+    (``w.first_keys``), then syncs once more at the same moment (``w.no_change``: its materialization and
+    the snapshot tables before and after). The environment is restored before the tests run: they
+    only query the warehouse and read the sandbox's truth, which no longer moves.
+    """
+    tmp_path = tmp_path_factory.mktemp("synced_days")
+    monkeypatch = pytest.MonkeyPatch()
+    sandbox = Sandbox(scale="tiny", seed=1, anchor=ANCHOR)
+    try:
+        for var in [v for v in os.environ if v.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_"))]:
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", "50")
+        monkeypatch.setenv("HTTP_BACKOFF_BASE_SECONDS", "0.01")
+        monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "2")
+        monkeypatch.chdir(tmp_path)  # no stray .env from the project root
+        sandbox.start()
+        w = _with_marts_inputs(World(sandbox, tmp_path / "warehouse.duckdb", monkeypatch), tmp_path, monkeypatch)
+        for side in sandbox.dataset("studio_swap").orders[0].extra["sides"].values():
+            side["mine"] = False  # an order with neither side ours: earned NULL
+        w.observed = []
+        for hours in SHARED_STEPS:
+            if hours:
+                w.advance(hours=hours)
+            w.sync()
+            w.observed.append((sandbox.world.now, _known_totals(w)))
+            if not hours:
+                w.first_keys = set(expected_earnings(w))
+        tables = "SELECT * FROM order_daily_snapshots ORDER BY ALL", "SELECT * FROM order_baselines ORDER BY ALL"
+        before = [w.query(t) for t in tables]
+        (snap,) = materializations(w.sync(), "order_daily_snapshots")
+        w.no_change = (snap, before, [w.query(t) for t in tables])
+        monkeypatch.undo()
+        yield w
+    finally:
+        monkeypatch.undo()
+        sandbox.stop()
 
 
 # -- the truth, computed from the sandbox ------------------------------------------------------
@@ -131,12 +189,16 @@ def close(a: Decimal | None, b: Decimal | None) -> bool:
     return abs(Decimal(a) - Decimal(b)) < CENT
 
 
+def _known_totals(w) -> dict[tuple, tuple]:
+    """(source, order_id) -> (currency, earned) for every order whose earnings are known."""
+    return {k: (c, e) for k, (c, e, _s) in expected_earnings(w).items() if e is not None}
+
+
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_fill_rate_matches_the_truth(mart_world):
-    w = mart_world
-    w.sync()
+def test_fill_rate_matches_the_truth(synced_days):
+    w = synced_days
     expected = expected_fill(w)
     rows = w.query(
         "SELECT source, order_id, side, CAST(status AS VARCHAR), units_ordered, units_delivered, fill_rate "
@@ -151,12 +213,8 @@ def test_fill_rate_matches_the_truth(mart_world):
     assert any(g[3] is not None and g[3] > 1 for g in got.values()), "over-delivery is not capped"
 
 
-def test_earnings_match_the_truth(mart_world):
-    w = mart_world
-    swap = w.sandbox.dataset("studio_swap")
-    for side in swap.orders[0].extra["sides"].values():
-        side["mine"] = False  # an order with neither side ours: earned NULL
-    w.sync()
+def test_earnings_match_the_truth(synced_days):
+    w = synced_days  # swap order 0 has neither side ours: earned NULL
     expected = expected_earnings(w)
     rows = w.query("SELECT source, order_id, currency, earned, CAST(status AS VARCHAR) FROM v_earnings")
     got = {(r[0], r[1]): r[2:] for r in rows}
@@ -172,9 +230,8 @@ def test_earnings_match_the_truth(mart_world):
     assert any(v[1] is None for k, v in expected.items() if k[0] == "swap"), "a swap with no side of mine"
 
 
-def test_summary_counts_and_sums(mart_world):
-    w = mart_world
-    w.sync()
+def test_summary_counts_and_sums(synced_days):
+    w = synced_days
     earnings = expected_earnings(w)
     fill = expected_fill(w)
     want: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, Decimal(0), False])
@@ -199,56 +256,65 @@ def test_summary_counts_and_sums(mart_world):
         assert close(g[3], earned if has_earned else None), key
 
 
-def test_earnings_daily_across_several_days(mart_world):
-    """Day 1 is the first sync's day (not attributed); later days are day-over-day differences of
-    the last value seen each day; an order first seen later counts from zero."""
-    w = mart_world
+def test_earnings_daily_counts_from_the_first_sync(synced_days):
+    """What an order had at its source's first sync is its baseline (no day); every later change
+    goes to the UTC day of the sync that saw it, the first day included; an order first seen by a
+    later sync counts from zero. So per source and currency the days add up to current earnings
+    minus baselines."""
+    w = synced_days
+    (first_now, baseline), *_ = w.observed
+    final = w.observed[-1][1]
 
-    def totals() -> dict[tuple, tuple]:
-        return {k: (c, e) for k, (c, e, _s) in expected_earnings(w).items() if e is not None}
+    # the baselines: every order present at the first sync, with what it had then
+    stored = {(r[0], r[1]): (r[2], r[3]) for r in w.query("SELECT source, order_id, currency, earned FROM order_baselines")}
+    assert set(stored) == w.first_keys  # earnings known or not
+    for key, (currency, earned) in baseline.items():
+        assert stored[key][0] == currency and close(stored[key][1], earned), (key, stored[key], earned)
+    assert set(final) - set(baseline), "orders created after the first sync (counted from zero)"
 
-    last_of_day: dict = {}
-    steps = [0, 6, 12, 12, 24]  # hours advanced before each sync: 12:00 and 18:00 of day 1, ...
-    for hours in steps:
-        if hours:
-            w.advance(hours=hours)
-        w.sync()
-        last_of_day[w.sandbox.world.now.date()] = totals()
+    # the equality, per source and currency
+    want: dict[tuple, Decimal] = defaultdict(Decimal)
+    for (source, _order), (currency, earned) in final.items():
+        want[(source, currency)] += earned
+    for (source, _order), (currency, earned) in baseline.items():
+        want[(source, currency)] -= earned
+    got: dict[tuple, Decimal] = defaultdict(Decimal)
+    for source, currency, _day, earned in w.query("SELECT source, currency, day, earned FROM v_earnings_daily"):
+        got[(source, currency)] += earned
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert close(got[key], value), (key, got[key], value)
+
+    # day by day: the last value seen each day minus the one before (the baseline, or zero)
+    last_of_day = {now.date(): totals for now, totals in w.observed}
     days = sorted(last_of_day)
-    assert len(days) == 3
-
+    assert len(days) == 3 and days[0] == first_now.date()
     expected: dict[tuple, Decimal] = defaultdict(Decimal)
-    first = days[0]
-    for (source, _order), (currency, _e) in last_of_day[first].items():
-        expected[(source, currency, first)] += 0
-    seen = dict(last_of_day[first])
-    for day in days[1:]:
+    seen = dict(baseline)
+    for day in days:
         for key, (currency, earned) in last_of_day[day].items():
             before = seen.get(key)
-            delta = earned - before[1] if before else earned
-            expected[(key[0], currency, day)] += delta
+            expected[(key[0], currency, day)] += earned - (before[1] if before else 0)
         seen.update(last_of_day[day])
-
     rows = w.query("SELECT source, currency, day, earned FROM v_earnings_daily")
-    got = {(r[0], r[1], r[2]): r[3] for r in rows}
-    assert set(got) <= set(expected), set(got) - set(expected)
+    by_day = {(r[0], r[1], r[2]): r[3] for r in rows}
+    assert set(by_day) <= set(expected), set(by_day) - set(expected)
     for key, value in expected.items():
-        assert close(got.get(key, Decimal(0)), value), (key, got.get(key), value)
-    assert all(close(v, Decimal(0)) for (s, c, d), v in got.items() if d == first)
-    assert any(v > 0 for (s, c, d), v in got.items() if d == days[-1]), "money was earned on the last day"
+        assert close(by_day.get(key, Decimal(0)), value), (key, by_day.get(key), value)
+    # money earned during the first day, after the first sync, is counted on that day
+    assert any(v > 0 for (s, c, d), v in by_day.items() if d == days[0] and s == "cpc"), "cpc earned on day 1"
+    assert any(v > 0 for (s, c, d), v in by_day.items() if d == days[-1]), "money was earned on the last day"
 
-    # one more sync at the same moment: nothing moved, so no snapshot row is rewritten
-    snapshots = w.query("SELECT * FROM order_daily_snapshots ORDER BY ALL")
-    (snap,) = materializations(w.sync(), "order_daily_snapshots")
+
+def test_a_sync_that_changes_nothing_writes_no_row(synced_days):
+    snap, before, after = synced_days.no_change
     assert snap.metadata["rows_written"].value == 0
-    assert w.query("SELECT * FROM order_daily_snapshots ORDER BY ALL") == snapshots
+    assert snap.metadata["baselines_written"].value == 0
+    assert after == before
 
 
-def test_status_durations_follow_status_history(mart_world):
-    w = mart_world
-    w.sync()
-    w.advance(days=2)
-    w.sync()
+def test_status_durations_follow_status_history(synced_days):
+    w = synced_days  # 54 h between its first and last syncs
     as_of = w.scalar("SELECT max(last_synced_at) FROM sync_state")
     history = w.query("SELECT source, entity_id, source_status, valid_from, valid_to FROM status_history")
     rows = w.query(
@@ -267,6 +333,7 @@ def test_status_durations_follow_status_history(mart_world):
             closed += 1
             assert r[5] == end - start == r[6] and not r[7]
     assert closed > 0, "two days should have closed some intervals"
+    assert as_of == w.observed[-1][0]
 
 
 def _cpl_waiting_order(w, hours_ago: float):

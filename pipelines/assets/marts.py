@@ -135,13 +135,31 @@ WHERE CASE WHEN t.order_id IS NOT NULL          -- today's row: rewritten only w
                 OR c.earned IS DISTINCT FROM b.earned OR c.delivered IS DISTINCT FROM b.delivered END
 """
 
+# Baselines of the sources that have snapshot rows but none yet: run after SNAPSHOT_SQL, in its
+# transaction. For a source synced for the first time, its rows are exactly this run's (every
+# order gets a row the first time it is seen), so each order present at the source's first sync
+# gets what it had then; orders first seen by a later sync never get a baseline (they count from
+# zero). A warehouse snapshotted before baselines existed gets its first day's rows once (the
+# end-of-first-day totals v_earnings_daily used as the baseline then), so its past days keep their
+# numbers. The scan of the source column is cheap; no unchanged row is rewritten.
+BASELINE_SQL = """
+INSERT INTO order_baselines (source, order_id, currency, earned, units_delivered, captured_at)
+SELECT s.source, s.order_id, s.currency, s.earned, s.units_delivered, s.captured_at
+FROM order_daily_snapshots AS s
+JOIN (SELECT source, min(day) AS first_day FROM order_daily_snapshots
+      WHERE source NOT IN (SELECT DISTINCT source FROM order_baselines)
+      GROUP BY source) AS f
+  ON s.source = f.source AND s.day = f.first_day
+"""
+
 
 @dg.asset(
     group_name="marts",
     pool=WRITER_POOL,
     kinds={"duckdb", "sql"},
     deps=["v_earnings", "v_fill_rate"],
-    description="Each order's cumulative earned and delivered units, last value per UTC day (rows only on days they changed).",
+    description="Each order's cumulative earned and delivered units, last value per UTC day (rows only on days they "
+    "changed), and in order_baselines what each order had when its source's first sync saw it.",
 )
 def order_daily_snapshots(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     now = utc_now()
@@ -151,13 +169,17 @@ def order_daily_snapshots(context: dg.AssetExecutionContext, warehouse: Warehous
         con.execute("BEGIN TRANSACTION")
         try:
             written = con.execute(SNAPSHOT_SQL, {"day": day, "now": now}).fetchone()[0]
+            baselines = con.execute(BASELINE_SQL).fetchone()[0]
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         total = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
     return dg.MaterializeResult(
-        metadata={"day": str(day), "rows_written": written, "new_rows": total - before, "rows_total": total}
+        metadata={
+            "day": str(day), "rows_written": written, "new_rows": total - before, "rows_total": total,
+            "baselines_written": baselines,
+        }
     )
 
 
