@@ -1,6 +1,11 @@
 -- v_order_alerts: orders and leads that need a person, as of the last sync.
---   auto_reject_soon    CPL or swap order still waiting more than 48 h after creation
---                       (OnlyTraffic auto-rejects after 3 days); due_at = created_at + 3 days
+--   auto_reject_soon    CPL or swap order still waiting more than 48 h after creation and
+--                       less than 72 h (OnlyTraffic auto-rejects after 3 days);
+--                       due_at = created_at + 3 days, still ahead
+--   auto_reject_overdue CPL or swap order still waiting 72 h or more after creation: its
+--                       auto-reject time has passed but the last sync still saw it waiting (the
+--                       API is late, or its feed has not synced since); due_at = created_at +
+--                       3 days, already past
 --   behind_pace         accepted swap order whose delivered share (fans_subscribed_total /
 --                       quantity, the lower of its two sides) trails the elapsed share of its
 --                       deadline (started_at + max_days) by more than 25 points; due_at = deadline
@@ -30,7 +35,9 @@ on_hold AS (
     JOIN cpamoe_leads AS l ON l.lead_id = h.entity_id AND l.stage = 'hold'
     WHERE h.source = 'cpamoe' AND h.valid_to IS NULL AND h.source_status = 'hold'
 )
-SELECT w.source, w.order_id, 'auto_reject_soon' AS alert,
+SELECT w.source, w.order_id,
+       CASE WHEN c.as_of < w.created_at + INTERVAL 3 DAY THEN 'auto_reject_soon'  -- due_at ahead
+            ELSE 'auto_reject_overdue' END AS alert,
        'waiting for ' || CAST(round(epoch(c.as_of - w.created_at) / 3600) AS BIGINT)
            || ' h; auto-rejected after 72 h' AS detail,
        w.created_at + INTERVAL 3 DAY AS due_at

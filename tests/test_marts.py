@@ -349,20 +349,43 @@ def _cpl_waiting_order(w, hours_ago: float):
     return order
 
 
+def _swap_waiting_order(w, hours_ago: float):
+    """A swap order waiting since ``hours_ago``; the sandbox's swap book has no auto-reject, and
+    with no acceptance or rejection it stays waiting (as an API that is late to reject would)."""
+    book = w.sandbox.dataset("studio_swap")
+    order = next(o for o in book.orders if o.status == book.completed)
+    order.status = book.waiting
+    order.created = w.sandbox.world.now - timedelta(hours=hours_ago)
+    order.accepted = order.finished = None
+    order.delivered = 0.0
+    book.open.add(order.n)
+    book.accept_per_hour = book.reject_per_hour = book.cancel_per_hour = 0.0
+    book._touch()
+    return order
+
+
 def alerts(w) -> dict[tuple, tuple]:
     return {(r[0], r[1], r[2]): r[3:] for r in w.query("SELECT source, order_id, alert, detail, due_at FROM v_order_alerts")}
 
 
-def test_auto_reject_soon_fires_and_clears(mart_world):
+def test_auto_reject_soon_then_overdue_fires_and_clears(mart_world):
     w = mart_world
     order = _cpl_waiting_order(w, hours_ago=30)
+    late = _swap_waiting_order(w, hours_ago=60)
     w.sync()
     assert ("cpl", order.order_id, "auto_reject_soon") not in alerts(w)  # 30 h: not yet
+    assert alerts(w)[("swap", late.order_id, "auto_reject_soon")][1] == late.created + timedelta(days=3)
 
-    w.advance(hours=20)  # 50 h waiting
+    w.advance(hours=20)  # 50 h waiting; the swap order 80 h, past its auto-reject time
     w.sync()
-    fired = alerts(w)[("cpl", order.order_id, "auto_reject_soon")]
+    now = alerts(w)
+    fired = now[("cpl", order.order_id, "auto_reject_soon")]
     assert fired[1] == order.created + timedelta(days=3)
+    overdue = now[("swap", late.order_id, "auto_reject_overdue")]
+    assert overdue[1] == late.created + timedelta(days=3) < w.scalar("SELECT as_of FROM v_warehouse_clock")
+    assert overdue[0] == "waiting for 80 h; auto-rejected after 72 h"
+    assert ("swap", late.order_id, "auto_reject_soon") not in now  # not "soon": it is past due
+    assert not any(a == "auto_reject_soon" and due < w.sandbox.world.now for (_s, _o, a), (_d, due) in now.items())
 
     w.advance(hours=24)  # 74 h: OnlyTraffic auto-rejected it
     w.sync()
