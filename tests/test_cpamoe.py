@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs
 
+import httpx
 import pytest
 
 from models.status import STATUS_MAPPINGS
@@ -399,6 +401,125 @@ def test_unknown_fields_kept_in_raw_personal_fields_never_stored(world, leads_di
 
 
 # -- failures and secrets ----------------------------------------------------------------------
+
+
+def test_list_json_reads_ids_from_the_query_string_only_and_refuses_bad_input_with_the_envelope(world):
+    """The sandbox itself, asked over HTTP without our client: ids where the docs put them are
+    answered; ids anywhere else are not seen; bad ids get the documented envelope, never a 500."""
+    env = world.sandbox.env()
+    url = env["CPAMOE_BASE_URL"] + "/ext/list.json"
+    auth = f"{env['CPAMOE_USER_ID']}-{env['CPAMOE_API_KEY']}"
+    known = sorted(book(world).by_id)[:3]
+    noid = {"status": "error", "error": "noid"}
+    with httpx.Client(timeout=30) as http:
+
+        def ask(ids: str | None = None, **body) -> object:
+            params = {"id": auth} if ids is None else {"id": auth, "ids": ids}
+            response = http.post(url, params=params, **body)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        # in the query string: answered, the commas percent-encoded or raw as in the docs' example
+        assert set(ask(",".join(known))) == set(known)
+        assert set(http.post(f"{url}?id={auth}&ids={','.join(known)}").json()) == set(known)
+        # in a form or JSON body only: not seen
+        assert ask(data={"ids": ",".join(known)}) == noid
+        assert ask(json={"ids": ",".join(known)}) == noid
+        assert ask(json={"ids": known}) == noid
+        # none, more than 50, an empty or malformed one: the whole request is refused
+        too_many = ",".join(known + [f"x{i}" for i in range(48)])
+        for bad in ["", ",", f"{known[0]},,{known[1]}", f"{known[0]},", f"{known[0]}, {known[1]}", "a b", "x;y",
+                    "caf\u00e9", "a" * 65, too_many]:
+            assert ask(bad) == noid, bad
+        # 50 ids of 64 characters (a 3.4 kB query) are the most a request holds: answered
+        assert ask(",".join(f"{i:064d}" for i in range(50))) == []  # none exists: PHP's empty array
+    assert book(world).rejected_requests == {"no ids": 4, "more than 50 ids": 1, "malformed id": 8}
+    assert book(world).oversized_requests == 1
+
+
+def test_fifty_ids_of_64_characters_are_polled_in_one_query_string(world, leads_dir):
+    long_ids = [f"lead.{i:02d}_" + "x" * 52 + f"-{i:03d}" for i in range(50)]
+    assert {len(i) for i in long_ids} == {64}
+    for i, lead_id in enumerate(long_ids):  # created at cpa.moe (the sandbox's own add.json logic)
+        assert book(world).add({"id": lead_id, "offer": "217", "phone": f"7999{i:07d}", "ip": "10.0.0.1"})["status"] == "ok"
+    write_csv(leads_dir / "long.csv", ["id", "offer"], [[i, "217"] for i in long_ids])
+
+    world.sync(assets=ASSETS)
+
+    (arrival,) = world.sandbox.stats.arrivals_for("/ext/list.json")
+    assert arrival.method == "POST"
+    assert parse_qs(arrival.query)["ids"] == [",".join(sorted(long_ids))]  # one request, every id in the URL
+    assert len(arrival.query) > 50 * 64
+    truth = book(world).truth()
+    got = rows(world)
+    assert set(got) == set(long_ids)
+    for lead_id in long_ids:
+        assert got[lead_id]["found"] is True
+        assert (got[lead_id]["stage"], got[lead_id]["status_code"]) == (truth[lead_id]["stage"], truth[lead_id]["status"])
+
+
+def test_leads_moving_while_syncs_poll_are_caught_up_by_the_next_sync_history_included(world, leads_dir):
+    """cpa.moe answers by ids, so no list shifts under a poll; but a lead can move after its batch
+    was answered and before the commit. Such a lead is still open in the warehouse, so the next
+    sync polls it again: with the switch off, that sync leaves the warehouse equal to the truth,
+    and every lead's history is the stages it really went through, in order, none invented."""
+    ids = register_all(world, leads_dir)
+    leads = book(world)
+    start = {lead_id: t["stage"] for lead_id, t in leads.truth().items()}
+    leads.record_changes = True
+    leads.move_share = 1.0  # every list.json request moves an open lead one status on first
+
+    world.sync(assets=ASSETS)
+    moved_first = {lead_id for lead_id, _, _ in leads.moves}
+    got, truth = rows(world), leads.truth()
+    behind = {k for k in moved_first if got[k]["status_code"] != truth[k]["status"]}
+    assert behind, "some leads should have moved after their batch was answered"
+    world.advance(hours=8)
+    world.sync(assets=ASSETS)  # incremental, leads still moving
+    world.advance(hours=8)
+    world.sync(assets=ASSETS, full_refresh=True)  # full, leads still moving
+    assert len(leads.moves) >= 12
+    assert any(after_status in (5, 10, 11, 12) for _, _, after_status in leads.moves), "a lead should turn final mid-sync"
+
+    leads.move_share = 0.0
+    moves = len(leads.moves)
+    world.sync(assets=ASSETS)
+
+    assert len(leads.moves) == moves
+    assert_matches_truth(world)
+    assert world.scalar("SELECT count(*) FROM quarantine") == 0
+    # history: contiguous, one current interval, and the stages each lead really went through
+    true_path: dict[str, list[tuple[float, str]]] = {k: [(float("-inf"), stage)] for k, stage in start.items()}
+    for at, lead_id, _, stage in leads.changes:
+        if true_path[lead_id][-1][1] != stage:
+            true_path[lead_id].append((at, stage))
+    history: dict[str, list[tuple]] = {}
+    for entity_id, stage, valid_from, valid_to in world.query(
+        "SELECT entity_id, source_status, valid_from, valid_to FROM status_history "
+        "WHERE source = 'cpamoe' ORDER BY entity_id, valid_from"
+    ):
+        history.setdefault(entity_id, []).append((stage, valid_from, valid_to))
+    assert set(history) == set(ids) - set(GHOSTS)
+    for lead_id, intervals in history.items():
+        stages = [stage for stage, _, _ in intervals]
+        assert stages[-1] == truth_stage(leads, lead_id) and intervals[-1][2] is None, lead_id
+        assert all(a[2] == b[1] for a, b in zip(intervals, intervals[1:], strict=False)), lead_id
+        assert all(a != b for a, b in zip(stages, stages[1:], strict=False)), lead_id
+        # each observed stage is one the lead was in by then, after the one observed before it
+        position = 0
+        for stage, valid_from, _ in intervals:
+            while position < len(true_path[lead_id]) and not (
+                true_path[lead_id][position][1] == stage and true_path[lead_id][position][0] <= valid_from.timestamp()
+            ):
+                position += 1
+            assert position < len(true_path[lead_id]), (lead_id, stages, true_path[lead_id])
+            position += 1
+    # the switch did change stages, and those changes are in the history
+    assert any(len(history.get(lead_id, [])) > 1 for lead_id, _, _ in leads.moves)
+
+
+def truth_stage(leads, lead_id: str) -> str:
+    return leads.stage(leads.by_id[lead_id])
 
 
 def test_internal_error_in_http_200_is_retried_not_read_as_empty(world, leads_dir):

@@ -2,8 +2,10 @@
 
 Faithful to ``shared/api-docs/cpamoe-affiliate-api.md``:
 
-- credentials ride in the query string as ``id={user}-{key}``; lead fields and ``ids`` may come as
-  a form body, a JSON body (``Content-Type: application/json``) or, for ``ids``, the query string;
+- credentials ride in the query string as ``id={user}-{key}``; add.json's lead fields may come as
+  a form body or a JSON body (``Content-Type: application/json``); list.json reads ``ids`` from
+  the query string ONLY, where the docs put it (``list.json?id={user}-{key}&ids=1,2,3``): ids in a
+  body alone are not seen, so a client relying on them gets ``noid``;
 - every error is ``{"status": "error", "error": "<code>"}`` inside an HTTP 200 body, with the
   documented codes (nooffer, noid, nophone, duplicate, offer, security, ban, traffic, db);
 - ``add.json`` answers ``{"status": "ok", "id": <cpa.moe's id>, "uid": <our id>}``: in add.json
@@ -14,18 +16,28 @@ Faithful to ``shared/api-docs/cpamoe-affiliate-api.md``:
   an empty array as); ``reason`` only for status 5, ``count`` once goods are approved, ``comment``
   when there is one.
 
-Assumptions where the docs are silent: a wrong or missing key gets ``security`` in an HTTP 200
-body; ``list.json`` without ids gets ``noid``; more than 50 ids are served (the docs only say
-"better don't") but counted in ``LeadBook.oversized_requests``; a missing ``ip`` is not rejected
-(no error code exists for it). Leads move wait (1 new, 2 processing, 3 callback) -> hold (4) ->
+Assumptions where the docs are silent (the least convenient plausible answer, never a 500): a
+wrong or missing key gets ``security`` in an HTTP 200 body; list.json gets ``noid`` (the only
+documented code about ids) for no ids, for more than 50 ids (the docs say "better don't send more
+than 50": the whole request is refused, counted in ``LeadBook.oversized_requests``) and for an id
+that is empty (``1,,2``), longer than 64 characters or not made of ``A-Za-z0-9._-`` (the whole
+request is refused, not just that id); a missing ``ip`` is not rejected (no error code exists for
+it). Leads move wait (1 new, 2 processing, 3 callback) -> hold (4) ->
 approve (6 packing .. 9 arrived) -> 10 completed or 11 return, or end as 5 cancelled (stage
 cancel, or trash for a "(trash)" reason) or 12 deleted (stage trash); 5, 10, 11 and 12 are final.
+
+Leads also move while a client polls (``LeadBook.move_share``): on that share of list.json
+requests one open lead moves one status on before the answer, preferably a lead an earlier request
+was already answered about, so a poll's reading can be stale by the time it commits.
+``LeadBook.record_changes`` logs every change (time, id, status, stage) for tests to compare
+histories with.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,6 +80,8 @@ TRANSITIONS: dict[int, tuple[float, list[tuple[int, int | str]]]] = {
     9: (48, [(85, 10), (15, 11)]),
 }
 COMMENTS = ("Purr-purr-purr", "Call after 18:00", "Customer asked for a discount")
+MAX_IDS = 50  # "Better don't send more that 50 IDs in one request": more are refused
+ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the ids a register accepts; others are refused
 
 
 def stage_of(status: int, reason: int | None) -> str:
@@ -119,6 +133,14 @@ class LeadBook:
         self.requests_by_id: Counter = Counter()  # how often list.json was asked for each id
         self.largest_request = 0
         self.oversized_requests = 0
+        self.rejected_requests: Counter = Counter()  # why list.json refused a request -> how often
+        # tests: the share of list.json requests on which one open lead moves one status on first
+        self.move_share = 0.0
+        self.moves: list[tuple[str, int, int]] = []  # (our id, status before, status after)
+        self._move_requests = 0
+        # tests: every change from now on, (epoch seconds, our id, status, stage)
+        self.record_changes = False
+        self.changes: list[tuple[float, str, int, str]] = []
         self._generate(world.scale.leads)
 
     # -- generation and time ---------------------------------------------------------------
@@ -177,6 +199,8 @@ class LeadBook:
         else:
             lead.status = int(target)
         self._schedule(rng, lead, at)
+        if self.record_changes:
+            self.changes.append((at, lead.lead_id, lead.status, self.stage(lead)))
 
     def advance(self, world: World, until: datetime) -> None:
         rng = world.rng("cpamoe", "step", until.isoformat())
@@ -219,18 +243,58 @@ class LeadBook:
         lead = self.by_id[lead_id]
         return self.stage(lead) in ("cancel", "trash") or lead.status in (10, 11, 12)
 
+    def _move_one(self) -> None:
+        """On ``move_share`` of the requests, move one open lead one status on, now.
+
+        An open lead an earlier request was already answered about is preferred: its answer is
+        then stale before the client commits, the case a poll must survive.
+        """
+        if self.move_share <= 0:
+            return
+        self._move_requests += 1
+        rng = self.world.rng("cpamoe", "move", self._move_requests)
+        if rng.random() >= self.move_share:
+            return
+        served = [i for i in self.requests_by_id if i in self.by_id and self.by_id[i].next_at is not None]
+        candidates = served or [lead.lead_id for lead in self.leads if lead.next_at is not None]
+        if not candidates:
+            return
+        lead = self.by_id[rng.choice(sorted(candidates))]
+        before = lead.status
+        lead.next_at = self.world.now.timestamp()
+        self._step(rng, lead)
+        if lead.next_at is not None:
+            heapq.heappush(self._queue, (lead.next_at, lead.n))
+        self.moves.append((lead.lead_id, before, lead.status))
+
     def list(self, ids: list[str]) -> Any:
         with self.world.lock:
+            self._move_one()
             self.requests_by_id.update(ids)
             self.largest_request = max(self.largest_request, len(ids))
-            if len(ids) > 50:
-                self.oversized_requests += 1
             found = [self.render(self.by_id[i]) for i in ids if i in self.by_id]
         if not found:
             return []
         if self.response_form == "list":
             return found
         return {str(r["id"]): r for r in found}
+
+    def refuse(self, parts: list[str]) -> str | None:
+        """Why list.json refuses these comma-separated ids (None: it answers), counted by reason."""
+        if not parts or parts == [""]:
+            problem = "no ids"
+        elif len(parts) > MAX_IDS:
+            problem = "more than 50 ids"
+        elif not all(ID_RE.fullmatch(part) for part in parts):
+            problem = "malformed id"
+        else:
+            return None
+        with self.world.lock:
+            self.rejected_requests[problem] += 1
+            if problem == "more than 50 ids":
+                self.oversized_requests += 1
+                self.largest_request = max(self.largest_request, len(parts))
+        return problem
 
     def add(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Validate like cpa.moe and create the lead; the error codes are the documented ones."""
@@ -332,17 +396,15 @@ class CpamoeApi:
         return json_response(body)
 
     async def _list(self, request: Request) -> Response:
-        fields = await _body_fields(request)
-        raw_ids = fields.get("ids", request.query_params.get("ids", ""))
-        if isinstance(raw_ids, list):
-            ids = [str(i).strip() for i in raw_ids]
-        else:
-            ids = [part.strip() for part in str(raw_ids).split(",")]
-        ids = list(dict.fromkeys(i for i in ids if i))
+        # a body is not read: the docs put ids in the query string (a repeated ``ids``: the last)
+        raw_ids = request.query_params.get("ids")
+        parts = raw_ids.split(",") if raw_ids is not None else []  # " 2" is malformed, not "2"
+        ids = list(dict.fromkeys(parts))
         self.sandbox.stats.request("cpamoe/list", f"ids={len(ids)}")
         if not self._authorized(request):
             return json_response(_error("security"))
-        if not ids:
+        problem = self.book.refuse(parts)
+        if problem is not None:
             return json_response(_error("noid"))
         body = self.book.list(ids)
         self.sandbox.stats.served("cpamoe/list", "asked", len(ids))

@@ -3,7 +3,10 @@
 Docs: ``shared/api-docs/cpamoe-affiliate-api.md``. What matters for correctness:
 
 - Credentials ride in the URL (``?id={user}-{key}``): the client redacts them from every message,
-  and nothing here logs a URL. Requests are POST with form fields ("pure POST").
+  and nothing here logs a URL. Requests are POST with form fields ("pure POST"). list.json's
+  ``ids`` go in the query string, where the docs put them (``list.json?id={user}-{key}&ids=1,2,3``),
+  and the same ids in the form body too (a server reading the POST fields finds them there); 50
+  ids of at most 64 characters keep the URL near 3.3 kB, well within what servers accept.
 - Every error is ``{"status": "error", "error": "<code>"}`` in an HTTP 200 body:
   :func:`cpamoe_envelope` turns it into :class:`CpamoeError` naming the code and the docs'
   description; ``db`` (internal error) is retried, ``security`` fails at once as ``AuthError``
@@ -370,7 +373,10 @@ def fetch_statuses(client: ApiClient, auth_id: str, ids: list[str]) -> Page:
     (duckdb/duckdb#23382), so data that must never be stored must never be in its memory either.
     A page (at most 50 leads) is re-serialized only when it carries such fields.
     """
-    response = client.post(LIST_PATH, params={"id": auth_id}, data={"ids": ",".join(ids)})
+    # ids are A-Za-z0-9._- (the register and submit_lead check it); httpx percent-encodes the
+    # query all the same (the commas as %2C, which every server decodes back)
+    joined = ",".join(ids)
+    response = client.post(LIST_PATH, params={"id": auth_id, "ids": joined}, data={"ids": joined})
     data = response.data
     count = len(data) if isinstance(data, list | dict) else 0
     leads = data if isinstance(data, list) else list(data.values()) if isinstance(data, dict) else []
@@ -562,6 +568,12 @@ def submit_lead(
         ours = lead_id
     else:
         ours = str(returned).strip()
+        if len(ours) > MAX_ID_LENGTH or not re.fullmatch(ID_PATTERN, ours):
+            # list.json refuses a batch holding such an id: registering it would stop every poll
+            raise CpamoeError(
+                f"add.json accepted the lead (cpa.moe id {data.get('id')}) but returned a uid that "
+                f"is not {MAX_ID_LENGTH} or fewer letters, digits, '.', '_' or '-': it cannot be polled"
+            )
         if lead_id.lower() != "auto" and ours != lead_id:
             note = f"add.json returned uid {ours} for the id {lead_id} we sent; polling with {ours}"
     theirs = str(data["id"]) if data.get("id") is not None else None
