@@ -2,7 +2,8 @@
 
 ``run`` executes the ``sync_all`` job in this process against a persistent Dagster instance
 (``DAGSTER_HOME``, default ``.dagster_home``), so its runs show in the UI afterwards. With no
-credentials in the environment it first starts the built-in sandbox and points every source at it.
+credentials in the environment it first starts the built-in sandbox, points every source at it
+and makes the warehouse clock follow the sandbox's simulated clock (``WAREHOUSE_CLOCK_URL``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipelines.allocator import limit_malloc_arenas
+from pipelines.clock import CLOCK_URL_VARIABLE
 from pipelines.settings import ALL_SOURCES, any_credentials_set, env, load_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +66,7 @@ def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str
         stdout=subprocess.DEVNULL,
         cwd=PROJECT_ROOT,
     )
+    clock_before = os.environ.get(CLOCK_URL_VARIABLE)
     try:
         deadline = time.monotonic() + 120
         while not env_file.exists():
@@ -73,9 +76,18 @@ def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str
                 raise SystemExit("the sandbox did not start within 120 s")
             time.sleep(0.1)
         sandbox_env = json.loads(env_file.read_text())
+        # the warehouse clock follows the sandbox's simulated one (durations, alert due times and
+        # earning days move with POST /_sandbox/advance); an env var so that the processes
+        # `affwh ui` starts (code server, run workers) follow it too. WAREHOUSE_NOW still wins.
+        sandbox_env[CLOCK_URL_VARIABLE] = sandbox_env["SANDBOX_URL"] + "/_sandbox/clock"
         os.environ.update(sandbox_env)
         yield sandbox_env
     finally:
+        # this process may read the time after the sandbox is gone
+        if clock_before is None:
+            os.environ.pop(CLOCK_URL_VARIABLE, None)
+        else:
+            os.environ[CLOCK_URL_VARIABLE] = clock_before
         proc.terminate()
         try:
             proc.wait(10)

@@ -1,0 +1,130 @@
+"""In sandbox mode the warehouse clock is the sandbox's simulated clock (WAREHOUSE_CLOCK_URL), so a
+day moved with POST /_sandbox/advance is a day in durations, alert due times and earning days."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from conftest import World
+from pipelines.clock import CLOCK_CACHE_SECONDS, CLOCK_URL_VARIABLE, utc_now
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def post_advance(base_url: str, **delta: float) -> None:
+    request = urllib.request.Request(
+        base_url + "/_sandbox/advance", data=json.dumps(delta).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+
+
+class SandboxClockWorld(World):
+    """The test world, but the warehouse follows the sandbox's clock over HTTP, as `affwh run`
+    and `affwh ui` set it up, instead of a frozen WAREHOUSE_NOW."""
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        del env["WAREHOUSE_NOW"]
+        return {**env, CLOCK_URL_VARIABLE: self.sandbox.base_url + "/_sandbox/clock"}
+
+
+@pytest.fixture
+def clock_world(world, monkeypatch):
+    monkeypatch.delenv("WAREHOUSE_NOW", raising=False)
+    w = SandboxClockWorld(world.sandbox, world.warehouse_path, monkeypatch)
+    w.apply_env()
+    return w
+
+
+def test_utc_now_follows_the_sandbox_clock(clock_world, monkeypatch):
+    w = clock_world
+    start = w.sandbox.world.now
+    assert utc_now() == start  # the sandbox is anchored in January 2026, far from the wall clock
+    post_advance(w.sandbox.base_url, days=1, hours=2)
+    time.sleep(CLOCK_CACHE_SECONDS + 0.1)
+    assert utc_now() == start + timedelta(days=1, hours=2) == w.sandbox.world.now
+
+    monkeypatch.setenv("WAREHOUSE_NOW", "2030-05-01T00:00:00Z")  # an explicit freeze still wins
+    assert utc_now().isoformat() == "2030-05-01T00:00:00+00:00"
+    monkeypatch.delenv("WAREHOUSE_NOW")
+
+    monkeypatch.setenv(CLOCK_URL_VARIABLE, "http://127.0.0.1:9/_sandbox/clock")  # nothing listens
+    with pytest.raises(RuntimeError, match=CLOCK_URL_VARIABLE):
+        utc_now()
+
+
+def test_a_sandbox_day_is_a_warehouse_day(clock_world):
+    """Sync, advance the sandbox a day over HTTP, sync: the warehouse's times are the sandbox's."""
+    w = clock_world
+    first = w.sandbox.world.now
+    w.sync()
+    assert w.scalar("SELECT as_of FROM v_warehouse_clock") == first
+    post_advance(w.sandbox.base_url, days=1)
+    time.sleep(CLOCK_CACHE_SECONDS + 0.1)
+    w.sync()
+    second = w.sandbox.world.now
+    assert second == first + timedelta(days=1)
+    assert w.scalar("SELECT as_of FROM v_warehouse_clock") == second
+    assert w.scalar("SELECT max(last_synced_at) FROM sync_state") == second
+    # intervals closed by the second sync lasted until the sandbox's second time, not seconds later
+    closed = w.query("SELECT valid_to FROM status_history WHERE valid_to IS NOT NULL GROUP BY ALL")
+    assert closed == [(second,)]
+    assert w.scalar("SELECT max(duration) FROM v_status_durations WHERE left_at IS NOT NULL "
+                    "AND entered_at >= ?", [first]) == timedelta(days=1)
+    # the snapshot days are the sandbox's days
+    days = [r[0] for r in w.query("SELECT DISTINCT day FROM order_daily_snapshots ORDER BY day")]
+    assert days == [first.date(), second.date()]
+
+
+def test_cli_sandbox_sets_the_clock_for_every_process(tmp_path):
+    """`affwh run`/`affwh ui` start the sandbox and name its clock in the environment: a process
+    started meanwhile (as Dagster's code server and run workers are under `affwh ui`) reads the
+    sandbox's time, after an advance too; the variable is gone once the sandbox stops."""
+    script = textwrap.dedent(
+        """
+        import json, os, subprocess, sys, time, urllib.request
+        from pipelines.cli import sandbox_if_needed
+        from pipelines.clock import CLOCK_URL_VARIABLE
+
+        child = [sys.executable, "-c", "from pipelines.clock import utc_now; print(utc_now().isoformat())"]
+        with sandbox_if_needed("tiny", force=True) as env:
+            url = os.environ[CLOCK_URL_VARIABLE]
+            assert url == env["SANDBOX_URL"] + "/_sandbox/clock", url
+            before = subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip()
+            request = urllib.request.Request(env["SANDBOX_URL"] + "/_sandbox/advance",
+                                             data=b'{"days": 1}', method="POST")
+            urllib.request.urlopen(request, timeout=30).read()
+            after = subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip()
+            clock = json.loads(urllib.request.urlopen(url, timeout=10).read())["now"]
+        print(json.dumps({"before": before, "after": after, "clock": clock,
+                          "left": os.environ.get(CLOCK_URL_VARIABLE)}))
+        """
+    )
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_", "WAREHOUSE_", "SANDBOX_"))
+    }
+    env["WAREHOUSE_PATH"] = str(tmp_path / "warehouse.duckdb")
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    from datetime import datetime
+
+    before, after, clock = (datetime.fromisoformat(out[k]) for k in ("before", "after", "clock"))
+    assert after == clock == before + timedelta(days=1)
+    assert out["left"] is None
