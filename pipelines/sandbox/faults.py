@@ -3,7 +3,7 @@
 A fault plan says how often (``rate``, 0..1) a request is hit and by which kinds of fault, chosen
 by a seeded generator so a test run is reproducible. Kinds:
 
-``429``        HTTP 429 with ``Retry-After``
+``429``        HTTP 429 (the API's own rate-limit body)
 ``error_200``  HTTP 200 whose body is the API's own rate-limit error envelope
 ``500`` ``502`` ``503``  server errors
 ``timeout``    the response is delayed by ``slow_seconds`` (longer than a client timeout)
@@ -13,9 +13,14 @@ by a seeded generator so a test run is reproducible. Kinds:
 ``403``        HTTP 403 with the API's auth error body (not part of ``ALL_KINDS`` either)
 
 ``max_faults`` caps the total number injected (None: no cap); ``only`` restricts faults to requests whose
-path and query (``/x/orders?status=completed``) contain one of the given substrings.
+path and query (``/x/orders?status=completed``) contain one of the given substrings; ``skip`` lets
+the first that many of those requests through untouched (a later page, a later batch fails).
+``retry_after_on`` lists the kinds whose answer carries a ``Retry-After`` header: none by default,
+because no API doc promises one (the CPC spec and the CPL fact sheet name 429 without it, cpa.moe
+claims no limit, Metapic's doc says nothing), so a client must cope without it.
 ``retry_after_max`` draws each ``Retry-After`` from ``retry_after .. retry_after_max`` (whole
 seconds when both are whole); ``latency`` delays every API request, faulted or not (a slow API).
+:attr:`FaultInjector.injected` counts what was injected, per kind: what tests derive retries from.
 
 A :class:`DriftPlan` rewrites the *records* of successful JSON responses (each API module says
 where its records are with ``records_in(body)``): fields added, fields removed, a field of the
@@ -49,13 +54,16 @@ class FaultPlan:
     only: tuple[str, ...] = ()
     retry_after_max: float | None = None
     latency: float = 0.0
+    skip: int = 0
+    retry_after_on: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> FaultPlan:
         plan = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         plan.kinds = tuple(plan.kinds)
         plan.only = tuple(plan.only)
-        unknown = set(plan.kinds) - set(ALL_KINDS) - set(EXTRA_KINDS)
+        plan.retry_after_on = tuple(plan.retry_after_on)
+        unknown = (set(plan.kinds) | set(plan.retry_after_on)) - set(ALL_KINDS) - set(EXTRA_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds: {sorted(unknown)}")
         return plan
@@ -70,12 +78,14 @@ class FaultInjector:
     injected: dict[str, int] = field(default_factory=dict)
     _rng: random.Random = field(default_factory=lambda: random.Random(7))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _matched: int = 0  # requests ``only`` matched so far (for ``skip``)
 
     def configure(self, plan: FaultPlan) -> None:
         with self._lock:
             self.plan = plan
             self._rng = random.Random(plan.seed)
             self.injected = {}
+            self._matched = 0
 
     def pick(self, path: str) -> str | None:
         """The fault to inject into this request, if any."""
@@ -85,6 +95,9 @@ class FaultInjector:
                 return None
             if plan.only and not any(s in path for s in plan.only):
                 return None
+            self._matched += 1
+            if self._matched <= plan.skip:
+                return None
             if plan.max_faults is not None and sum(self.injected.values()) >= plan.max_faults:
                 return None
             if self._rng.random() >= plan.rate:
@@ -92,6 +105,13 @@ class FaultInjector:
             kind = self._rng.choice(plan.kinds)
             self.injected[kind] = self.injected.get(kind, 0) + 1
             return kind
+
+    def retry_after_header(self, kind: str) -> dict[str, str]:
+        """The ``Retry-After`` header of one injected fault of ``kind``, when the plan sends one
+        for that kind (a value is drawn either way, so a seed gives the same faults with or
+        without headers)."""
+        seconds = self.retry_after()
+        return {"retry-after": f"{seconds:g}"} if kind in self.plan.retry_after_on else {}
 
     def retry_after(self) -> float:
         """The ``Retry-After`` of one injected fault."""
