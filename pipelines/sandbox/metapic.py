@@ -520,16 +520,18 @@ class ChurnPlan:
     participant-list requests, before answering, one participant of that campaign moves one
     status on, signs up, or is removed (one of ``kinds``, chosen by a generator seeded with
     ``seed``). The change is real: it stays in the truth afterwards. Campaigns whose list is
-    frozen (ended, deleted) never change."""
+    frozen (ended, deleted) never change; ``offers`` limits churn to those campaign ids."""
 
     share: float = 0.0
     kinds: tuple[str, ...] = CHURN_KINDS
     seed: int = 11
+    offers: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict) -> ChurnPlan:
         plan = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
         plan.kinds = tuple(plan.kinds)
+        plan.offers = tuple(int(o) for o in plan.offers)
         if set(plan.kinds) - set(CHURN_KINDS):
             raise ValueError(f"unknown churn kinds: {sorted(set(plan.kinds) - set(CHURN_KINDS))}")
         if not 0 <= plan.share <= 1:
@@ -566,7 +568,9 @@ class MetapicApi:
         """Apply one change to ``offer``'s participants before a list request is answered."""
         plan, rng, campaigns = self.churn, self._churn_rng, self.campaigns
         now = campaigns.now
-        if plan.share <= 0 or now >= offer.frozen_at or rng.random() >= plan.share:
+        if plan.share <= 0 or now >= offer.frozen_at or (plan.offers and offer.id not in plan.offers):
+            return
+        if rng.random() >= plan.share:
             return
         members = campaigns.joined(offer)
         events = ("denied", "accepted", "product_sent", "have_received", "done")
