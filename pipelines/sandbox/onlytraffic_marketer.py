@@ -6,10 +6,18 @@ errors, including validation errors and rate limits, come as ``{"status": "error
 HTTP 200 bodies. Assumption where the docs are silent: lists are newest-created first, and a
 wrong key gets HTTP 401 with an error envelope. The CPL default status filter is undocumented:
 here it is ``accepted`` only, so a client that forgets ``status`` visibly loses orders.
+
+Every parameter is validated before anything is read: ``null``, a non-integer or out-of-range
+``offset``/``limit``/``of_account_id``/``offer_id``, or an unknown ``status`` gets the documented
+error envelope with ``error_code`` 422 (in an HTTP 200 body), never an HTTP 500. Each list honours
+only the filters its docs name (CPC ``of_account_id``, ``creative_public_id``; CPL
+``of_account_id``, ``offer_id``); other parameters are ignored. With churn switched on
+(:mod:`pipelines.sandbox.churn`) the lists move between two requests.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -195,6 +203,7 @@ class MarketerApi:
     def _lister(self, key: str):
         book = self.books[key]
         route = f"marketer/{key}/orders"
+        filters = FILTERS[key]
 
         async def handler(request: Request) -> Response:
             self.sandbox.stats.request(route, str(request.query_params))
@@ -203,29 +212,58 @@ class MarketerApi:
                 return json_response(body, status)
             params = await _params(request)
             try:
-                offset = _int(params.get("offset", 0), "offset", minimum=0)
-                limit = _int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=1, maximum=MAX_LIMIT)
+                query = _validate(params, book, filters)
             except ValueError as exc:
                 return json_response(error_envelope(str(exc), 422))
-            status = params.get("status", book.active)  # CPC documented: active only; CPL: accepted
-            if status not in book.statuses:
-                return json_response(error_envelope(f"The selected status is invalid: {status}", 422))
+            status, offset, limit = query.pop("status"), query.pop("offset"), query.pop("limit")
             with self.sandbox.world.lock:
-                orders = book.listed(status)
-                for name, attr in (("of_account_id", "account"),):
-                    if name in params:
-                        wanted = _int(params[name], name)
-                        orders = [o for o in orders if getattr(o, attr) == wanted]
-                if "creative_public_id" in params:
-                    orders = [o for o in orders if o.extra and o.extra.get("creative", {}).get("public_id") == params["creative_public_id"]]
-                if "offer_id" in params:
-                    wanted = _int(params["offer_id"], "offer_id")
-                    orders = [o for o in orders if o.extra and o.extra.get("offer_id") == wanted]
+                self.sandbox.churn.before_list(book)  # a live list moves between two requests
+                orders = self.sandbox.churn.arrange(book, status, book.listed(status))
+                if "of_account_id" in query:
+                    orders = [o for o in orders if o.account == query["of_account_id"]]
+                if "creative_public_id" in query:
+                    wanted = query["creative_public_id"]
+                    orders = [o for o in orders if o.extra["creative"]["public_id"] == wanted]
+                if "offer_id" in query:
+                    orders = [o for o in orders if o.extra["offer_id"] == query["offer_id"]]
                 page = [book.render(o) for o in orders[offset : offset + limit]]
             self.sandbox.stats.served(route, status, len(page))
             return Response(orjson.dumps({"status": "success", "data": page}), media_type="application/json")
 
         return handler
+
+
+# The filters each list documents (CPC: the OpenAPI spec; CPL: the fact sheet), with their type.
+# Anything else is ignored, as a real API ignores parameters it does not know.
+FILTERS = {
+    "cpc": {"of_account_id": "integer", "creative_public_id": "string"},
+    "cpl": {"of_account_id": "integer", "offer_id": "integer"},
+}
+
+
+def _validate(params: dict[str, Any], book: OrderBook, filters: dict[str, str]) -> dict[str, Any]:
+    """Every parameter checked before anything is read, the way the API validates a request: a
+    value it would reject (``null``, a non-integer, out of range, an unknown status) raises
+    ``ValueError`` with the message of a 422 error envelope, never an exception (HTTP 500)."""
+    query: dict[str, Any] = {
+        "offset": _int(params.get("offset", 0), "offset", minimum=0),
+        "limit": _int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=1, maximum=MAX_LIMIT),
+    }
+    status = params.get("status", book.active)  # CPC documented: active only; CPL: accepted
+    if not isinstance(status, str) or status not in book.statuses:
+        raise ValueError(f"The selected status is invalid: {str(status)[:40]}")
+    query["status"] = status
+    for name, kind in filters.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if kind == "integer":
+            query[name] = _int(value, name)
+        elif isinstance(value, str) and value:
+            query[name] = value
+        else:
+            raise ValueError(f"The {name} must be a string.")
+    return query
 
 
 async def _params(request: Request) -> dict[str, Any]:
@@ -244,10 +282,14 @@ async def _params(request: Request) -> dict[str, Any]:
 
 
 def _int(value: Any, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"The {name} must be an integer.") from None
+    """An integer as a query string or JSON body carries it: digits, or a JSON integer (not a
+    boolean, not a float, not null)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"The {name} must be an integer.")
+    text = value.strip() if isinstance(value, str) else str(value)
+    if not re.fullmatch(r"-?[0-9]{1,18}", text):
+        raise ValueError(f"The {name} must be an integer.")
+    number = int(text)
     if minimum is not None and number < minimum:
         raise ValueError(f"The {name} must be at least {minimum}.")
     if maximum is not None and number > maximum:

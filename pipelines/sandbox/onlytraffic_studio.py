@@ -9,7 +9,8 @@ exactly as documented: a client only knows an order's status from the filter it 
 Where the docs are silent (assumptions, mirrored by the pipeline): errors are
 ``{"success": false, "error": {"code", "message"}}``, with HTTP 422 for invalid parameters, 401
 for a wrong key, and HTTP 200 or 429 for rate limits; without ``status`` or ``role`` every order
-is listed; money is in USD units.
+is listed; money is in USD units. With churn switched on (:mod:`pipelines.sandbox.churn`) the
+lists move between two requests, and terminal lists may be served in another order than asked.
 """
 
 from __future__ import annotations
@@ -228,7 +229,10 @@ class StudioApi:
         if self.pagination_quirk == "ignore_page":
             page = 1
         with self.sandbox.world.lock:
+            self.sandbox.churn.before_list(self.book)  # a live list moves between two requests
             orders = self._select(query)
+            if query["status"]:
+                orders = self.sandbox.churn.arrange(self.book, query["status"], orders)
             total = len(orders)
             chosen = orders[(page - 1) * size : page * size]
             data = [self.book.render(o) for o in chosen]

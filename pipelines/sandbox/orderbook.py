@@ -67,6 +67,10 @@ class OrderBook:
     def statuses(self) -> list[str]:
         return [s for s in (self.waiting, self.active, self.rejected, self.completed, self.cancelled) if s]
 
+    @property
+    def terminal_statuses(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.rejected, self.completed, self.cancelled) if s)
+
     def is_open(self, order: Order) -> bool:
         return order.status in (self.waiting, self.active)
 
@@ -184,6 +188,27 @@ class OrderBook:
         if order.delivered >= order.ordered:
             order.delivered = min(order.delivered, order.ordered * (1 + self.overshoot))
             self._finish(order, self.completed, until)
+
+    def move_on(self, order: Order, roll: float) -> str:
+        """Move an open order one status on, now (a list changing while it is read: see
+        :mod:`pipelines.sandbox.churn`). ``roll`` (0..1) picks the way: a waiting order is mostly
+        accepted, sometimes rejected; an accepted one mostly completes (fully delivered),
+        sometimes is cancelled (where the feed has that status). Returns the new status."""
+        now = self.world.now
+        if order.status == self.waiting:
+            if roll < 0.75:
+                order.status = self.active
+                order.accepted = now
+            else:
+                self._finish(order, self.rejected, now)
+        elif order.status == self.active:
+            if self.cancelled and roll >= 0.8:
+                self._finish(order, self.cancelled, now)
+            else:
+                order.delivered = max(order.delivered, float(order.ordered))
+                self._finish(order, self.completed, now)
+        self._touch()
+        return order.status
 
     def _touch(self) -> None:
         self._sorted.clear()

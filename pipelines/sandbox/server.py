@@ -4,8 +4,9 @@ Control routes (not subject to faults), all under ``/_sandbox``:
 ``GET health``, ``GET clock``, ``POST advance`` (``{"days": 1}`` or ``{"hours": 3}``),
 ``GET|POST faults`` (a :class:`~pipelines.sandbox.faults.FaultPlan` as JSON), ``GET|POST drift``
 (a :class:`~pipelines.sandbox.faults.DriftPlan`), ``GET|POST lies`` (a
-:class:`~pipelines.sandbox.faults.LiePlan`), ``GET stats`` / ``POST stats/reset`` (request and
-record counters), ``GET env`` (the environment variables that point the pipeline at this sandbox).
+:class:`~pipelines.sandbox.faults.LiePlan`), ``GET|POST churn`` (a
+:class:`~pipelines.sandbox.churn.ChurnPlan`: order lists moving while read), ``GET stats`` /
+``POST stats/reset`` (request and record counters), ``GET env`` (the environment variables that point the pipeline at this sandbox).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from pipelines.sandbox.churn import Churner, ChurnPlan
 from pipelines.sandbox.faults import (
     DriftPlan,
     FaultInjector,
@@ -141,6 +143,7 @@ class Sandbox:
         self.faults = FaultInjector()
         self.drift = DriftPlan()
         self.lies = LieTeller()
+        self.churn = Churner()  # order lists moving while read (pipelines/sandbox/churn.py)
         self.stats = SandboxStats()
         from pipelines.sandbox.registry import default_modules
 
@@ -160,6 +163,7 @@ class Sandbox:
             Route("/_sandbox/faults", self._faults, methods=["GET", "POST"]),
             Route("/_sandbox/drift", self._drift, methods=["GET", "POST"]),
             Route("/_sandbox/lies", self._lies, methods=["GET", "POST"]),
+            Route("/_sandbox/churn", self._churn, methods=["GET", "POST"]),
             Route("/_sandbox/stats", lambda r: json_response(self.stats.snapshot())),
             Route("/_sandbox/stats/reset", self._reset_stats, methods=["POST"]),
             Route("/_sandbox/env", lambda r: json_response(self.env())),
@@ -199,6 +203,14 @@ class Sandbox:
                 return json_response({"error": str(exc)}, 400)
         return json_response({"plan": asdict(self.lies.plan), "told": self.lies.told})
 
+    async def _churn(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                self.churn.configure(ChurnPlan.from_dict(await _json_body(request)))
+            except (TypeError, ValueError) as exc:
+                return json_response({"error": str(exc)}, 400)
+        return json_response(self.churn.to_dict())
+
     async def _reset_stats(self, request: Request) -> Response:
         self.stats.reset()
         return json_response({"ok": True})
@@ -235,6 +247,10 @@ class Sandbox:
     def set_lies(self, **plan: Any) -> None:
         """Pagination lies (no arguments: none)."""
         self.lies.configure(LiePlan.from_dict(plan))
+
+    def set_churn(self, **plan: Any) -> None:
+        """Order lists that move while read, terminal lists out of order (no arguments: none)."""
+        self.churn.configure(ChurnPlan.from_dict(plan))
 
     # -- serving -----------------------------------------------------------------------------
 

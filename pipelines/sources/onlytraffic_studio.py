@@ -111,6 +111,7 @@ class _WalkState:
                 and not self.warned_total
             ):
                 self.warned_total = True
+                self.outcome.moved = True  # an order may have fallen between two pages
                 self.warn(
                     f"total changed from {self.first_total} to {page.total} between pages "
                     "(the list moved while it was read)"
@@ -164,9 +165,28 @@ class PageStatusListing:
         params: dict[str, Any] = {"status": status, "sort": "created_at_desc"}
         if since is not None:
             params["from"] = since.astimezone(UTC).date().isoformat()
-        outcome = self._walk(status, params, emit)
+        outcome = self._walk_until_still(status, params, emit)
         if since is not None:
             outcome.complete = False
+        return outcome
+
+    def _walk_until_still(self, status: str, params: dict[str, Any], emit: Emit[Page]) -> WalkOutcome:
+        """Walk a list; walk it again (up to twice) while it changes size under the walk.
+
+        Pages after the first are fetched concurrently, so not in order: an order entering the
+        list (a move from another status) shifts every older order one place down, and the one
+        pushed from page k to page k+1 is lost if page k+1 was fetched before the move and page
+        k after it (a removal loses one the same way). A total that moved between pages is the
+        sign; a walk whose pages all report the same total saw a still list. What the earlier
+        walks brought is kept (the loader counts an order once)."""
+        warnings: list[str] = []
+        for _attempt in range(3):
+            outcome = self._walk(status, params, emit)
+            warnings += outcome.warnings
+            if not outcome.moved:
+                break
+            warnings.append(f"{self.label}:{status}: read again (the list moved while it was read)")
+        outcome.warnings = warnings
         return outcome
 
     def walk_range(self, status: str, first_day: date, last_day: date, emit: Emit[Page]) -> WalkOutcome:
@@ -177,7 +197,7 @@ class PageStatusListing:
             "from": first_day.isoformat(),
             "to": last_day.isoformat(),
         }
-        return self._walk(status, params, emit)
+        return self._walk_until_still(status, params, emit)
 
     # -- pagination --------------------------------------------------------------------------------
 
