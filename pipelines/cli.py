@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipelines.allocator import limit_malloc_arenas
@@ -48,19 +50,31 @@ def _data_dir() -> Path:
     return Path(location).resolve().parent
 
 
+# The built-in sandbox starts this long before the current hour and is moved forward to it by
+# catch_up_sandbox: on a fresh warehouse `affwh run` syncs in between, so the demo has history
+# (closed status intervals, a day of earnings); every sandbox run starts the same way, so the world
+# it syncs is generated the same way each time (a world generated at the current hour instead
+# would undo some of the simulated day's status changes).
+SANDBOX_DAY_BEFORE_HOURS = 24
+
+
 @contextmanager
 def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str] | None]:
-    """Start the sandbox in a subprocess when no credentials are set; yield its environment."""
+    """Start the sandbox in a subprocess when no credentials are set; yield its environment.
+
+    Its clock starts SANDBOX_DAY_BEFORE_HOURS before the current hour: call catch_up_sandbox
+    (after syncing the day before, if wanted) to bring it to the current hour."""
     if any_credentials_set() and not force:
         yield None
         return
+    anchor = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=SANDBOX_DAY_BEFORE_HOURS)
     workdir = Path(tempfile.mkdtemp(prefix="affwh-sandbox-"))
     env_file = workdir / "env.json"
     # the register of leads "we submitted" in the sandbox world, beside the warehouse
     leads_dir = _data_dir() / "sandbox_cpamoe_leads"
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "pipelines.sandbox", "--scale", scale,
+            sys.executable, "-m", "pipelines.sandbox", "--scale", scale, "--anchor", anchor.isoformat(),
             "--env-file", str(env_file), "--leads-dir", str(leads_dir),
         ],
         stdout=subprocess.DEVNULL,
@@ -94,6 +108,37 @@ def sandbox_if_needed(scale: str, force: bool = False) -> Iterator[dict[str, str
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def catch_up_sandbox(sandbox_env: dict[str, str]) -> None:
+    """Move the sandbox started by sandbox_if_needed to the current hour (POST /_sandbox/advance)."""
+    request = urllib.request.Request(
+        sandbox_env["SANDBOX_URL"] + "/_sandbox/advance",
+        data=json.dumps({"hours": SANDBOX_DAY_BEFORE_HOURS}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        response.read()
+
+
+def _fresh_local_warehouse() -> bool:
+    """True when the warehouse is a local file that no sync has written yet."""
+    location = env("WAREHOUSE_PATH")
+    if location.startswith(("md:", "motherduck:", "ducklake:")):
+        return False
+    path = Path(location)
+    if not path.exists():
+        return True
+    import duckdb
+
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return con.execute("SELECT count(*) FROM sync_state").fetchone()[0] == 0
+    except duckdb.CatalogException:  # no schema yet
+        return True
+    except duckdb.Error:  # held by a writer: not worth guessing
+        return False
 
 
 def report_sources(sandbox_env: dict[str, str] | None) -> None:
@@ -130,21 +175,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             # the progress display replaces Dagster's per-event console log
             progress.enable()
             run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        print("Syncing (the run is recorded in the Dagster instance; `make ui` shows it):")
+        day_before = sandbox_env is not None and _fresh_local_warehouse()
         with dg.DagsterInstance.get() as instance:
             for run_id in recover_killed_runs(instance, home):
                 print(f"  note: run {run_id} was killed before it finished: marked failed, its pool slots freed")
-            with run_lock(home) as run_id:
-                result = job.execute_in_process(
-                    run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id
+            if day_before:
+                # a fresh warehouse on the sandbox: sync the simulated day before too, so that
+                # durations, daily earnings and alerts have a day of history to show
+                print(
+                    f"Fresh warehouse on the sandbox: syncing the simulated state of {SANDBOX_DAY_BEFORE_HOURS} h ago "
+                    "first, then the current one (the run is recorded in the Dagster instance; `make ui` shows it):"
                 )
-        if not result.success:
-            for event in result.all_events:
-                if event.is_step_failure:
-                    print(f"FAILED {event.step_key}: {_root_cause(event.step_failure_data.error)}")
-            return 1
+                if not _sync_once(job, run_config, instance, home, run_lock):
+                    return 1
+            if sandbox_env is not None:
+                catch_up_sandbox(sandbox_env)
+            if not day_before:
+                print("Syncing (the run is recorded in the Dagster instance; `make ui` shows it):")
+            if not _sync_once(job, run_config, instance, home, run_lock):
+                return 1
         print_summary(env("WAREHOUSE_PATH"))
     return 0
+
+
+def _sync_once(job, run_config: dict, instance, home: Path, run_lock) -> bool:
+    """Run the job once in this process; print each failed step's cause."""
+    with run_lock(home) as run_id:
+        result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False, run_id=run_id)
+    if not result.success:
+        for event in result.all_events:
+            if event.is_step_failure:
+                print(f"FAILED {event.step_key}: {_root_cause(event.step_failure_data.error)}")
+    return result.success
 
 
 def _root_cause(error) -> str:
@@ -158,6 +220,8 @@ def _root_cause(error) -> str:
 def cmd_ui(args: argparse.Namespace) -> int:
     ensure_dagster_home()
     with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
+        if sandbox_env is not None:
+            catch_up_sandbox(sandbox_env)
         report_sources(sandbox_env)
         dg_bin = Path(sys.executable).with_name("dg")
         command = [str(dg_bin), "dev", "--port", str(args.port), "--host", args.host]
