@@ -6,6 +6,7 @@ Every test talks to the sandbox over real HTTP; nothing of ours is mocked.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,59 @@ import dagster as dg
 import duckdb
 import pytest
 
-from pipelines.sandbox import Sandbox
+# -- the environment every test, fixture and subprocess runs in ---------------------------------------
+#
+# One allow-list: what the machine needs to run programs (paths, locale, temp dirs, certificates,
+# CI), never a setting of this project (credentials, HTTP_*, WAREHOUSE_*, DAGSTER_HOME, ...) nor a
+# proxy (loopback traffic to the sandbox must not go through one). Each test adds its own variables
+# on top. The developer's shell is read once, here; ``.env`` never: the project loads it from the
+# working directory, and tests import the project and start its processes elsewhere.
+ALLOWED_VARIABLES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "TEMP", "TMP",
+    "CI", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE", "DISPLAY", "XDG_RUNTIME_DIR", "UPDATE_SCREENSHOTS",
+})
+ALLOWED_PREFIXES = ("LC_", "PYTEST_", "PYTHON", "COV_CORE_")  # locale, pytest's own, the interpreter's
+PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                             "ALL_PROXY", "all_proxy"})
+DEVELOPER_ENV = dict(os.environ)  # as the shell started pytest; only clean_env reads it
+
+
+def allowed(name: str) -> bool:
+    return name in ALLOWED_VARIABLES or name.startswith(ALLOWED_PREFIXES)
+
+
+def clean_env(**own: str) -> dict[str, str]:
+    """The environment for a subprocess: the allow-listed variables of the developer's shell, plus
+    ``own`` (the test's variables)."""
+    return {**{k: v for k, v in DEVELOPER_ENV.items() if allowed(k)}, **own}
+
+
+def isolate_env(monkeypatch: pytest.MonkeyPatch, **own: str) -> None:
+    """This process's environment as :func:`clean_env` (undone when the test ends)."""
+    for name in [n for n in os.environ if not allowed(n)]:
+        monkeypatch.delenv(name)
+    for name, value in own.items():
+        monkeypatch.setenv(name, value)
+
+
+def _import_the_project_without_dotenv() -> None:
+    """The project loads ``.env`` from the working directory when its definitions are first
+    imported: import them once from an empty directory, before any test module can."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="no-dotenv-") as empty:
+        os.chdir(empty)
+        try:
+            import pipelines.definitions  # noqa: F401
+        finally:
+            os.chdir(here)
+
+
+for _name in [n for n in os.environ if not allowed(n)]:  # a session fixture's setup sees this too
+    del os.environ[_name]
+_import_the_project_without_dotenv()
+
+from pipelines.sandbox import Sandbox  # noqa: E402
 
 ANCHOR = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -77,12 +130,11 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A tiny sandbox world at a fixed anchor time, small pages, fast retries."""
-    for var in [v for v in os.environ if v.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_"))]:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", "50")
-    monkeypatch.setenv("HTTP_BACKOFF_BASE_SECONDS", "0.01")
-    monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "2")
+    """A tiny sandbox world at a fixed anchor time, small pages, fast retries, and a client timeout
+    no honest answer reaches on a busy machine (tests injecting ``timeout`` faults set their own)."""
+    isolate_env(
+        monkeypatch, ONLYTRAFFIC_MARKETER_PAGE_SIZE="50", HTTP_BACKOFF_BASE_SECONDS="0.01", HTTP_TIMEOUT_SECONDS="30"
+    )
     monkeypatch.chdir(tmp_path)  # no stray .env from the project root
     sandbox = Sandbox(scale="tiny", seed=1, anchor=ANCHOR)
     sandbox.start()
@@ -92,6 +144,13 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield w
     finally:
         sandbox.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts from the allow-listed environment, whatever an earlier test or the
+    developer's shell set."""
+    isolate_env(monkeypatch)
 
 
 def pytest_configure(config: pytest.Config) -> None:

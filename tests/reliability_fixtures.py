@@ -24,13 +24,12 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from conftest import ANCHOR
+from conftest import ANCHOR, clean_env, isolate_env
 from warehouse_compare import Dump, dump
 
 from pipelines.sandbox import Sandbox
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CREDENTIAL_PREFIXES = ("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_", "HTTP_", "WAREHOUSE_", "SANDBOX_")
 # As the shared `world` fixture: several pages per list, fast retries, and a client timeout no
 # honest answer reaches even on a loaded machine (only tests injecting `timeout` faults lower it).
 BASE_ENV = {
@@ -145,10 +144,8 @@ class Site:
     # -- syncing ---------------------------------------------------------------------------------
 
     def apply_env(self, monkeypatch: pytest.MonkeyPatch, **overrides: str) -> None:
-        for var in [v for v in os.environ if v.startswith(CREDENTIAL_PREFIXES)]:
-            monkeypatch.delenv(var, raising=False)
-        for key, value in {**self.env(), **overrides}.items():
-            monkeypatch.setenv(key, value)
+        """This process's environment: the allow-list (conftest) plus this site's variables."""
+        isolate_env(monkeypatch, **{**self.env(), **overrides})
 
     def sync(
         self,
@@ -172,9 +169,8 @@ class Site:
         )
 
     def subprocess_env(self, **overrides: str) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(CREDENTIAL_PREFIXES)}
-        base.pop("DAGSTER_HOME", None)
-        return {**base, **self.env(), "DAGSTER_HOME": str(self.dagster_home), "PYTHONUNBUFFERED": "1", **overrides}
+        """The allow-list (conftest) plus this site's variables: nothing else of the developer's."""
+        return clean_env(**{**self.env(), "DAGSTER_HOME": str(self.dagster_home), "PYTHONUNBUFFERED": "1", **overrides})
 
     def spawn(self, args: list[str], *, name: str, cwd: Path | None = None, **env_overrides: str) -> Spawned:
         """Start ``args`` (e.g. the CLI) in a process of its own, output captured to files; in

@@ -2,8 +2,9 @@
 opens the asset graph and the page of a finished backfill, on the servers tests/ui_stack.py starts,
 and saves the screenshots the README shows (docs/asset-graph.png, docs/backfill.png).
 
-Chromium is installed with apt-get when missing (CI runs as root on Debian); the tests skip, saying
-why, only when it cannot be installed.
+Chromium is installed with apt-get when missing (CI runs as root on Debian). When it cannot be
+installed the tests fail under CI (``CI`` set: a browser test that never runs protects nothing) and
+skip, saying why, on a developer's machine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import ui_stack
+from conftest import DEVELOPER_ENV, PROXY_VARIABLES, clean_env
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
@@ -61,24 +63,33 @@ def _installed() -> tuple[str | None, str | None]:
     return shutil.which("chromium"), shutil.which("chromedriver")
 
 
+def unavailable(reason: str):
+    """No browser: a failure under CI (``CI`` set), a skip saying why elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set and the browser tests cannot run: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def ensure_chromium() -> tuple[str, str]:
     """Paths of chromium and chromedriver, installed with apt-get if needed (idempotent)."""
     browser, driver = _installed()
     if browser and driver:
         return browser, driver
     if not shutil.which("apt-get"):
-        pytest.skip(f"{' and '.join(PACKAGES)} are not installed and there is no apt-get to install them")
+        unavailable(f"{' and '.join(PACKAGES)} are not installed and there is no apt-get to install them")
     if os.geteuid() != 0:
-        pytest.skip(f"{' and '.join(PACKAGES)} are not installed and installing them needs root (apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        unavailable(f"{' and '.join(PACKAGES)} are not installed and installing them needs root (apt-get)")
+    # the allow-list, and the shell's proxy if it has one (apt-get reaches the mirrors through it)
+    proxies = {k: v for k, v in DEVELOPER_ENV.items() if k in PROXY_VARIABLES}
+    env = clean_env(**proxies, DEBIAN_FRONTEND="noninteractive")
     lock = ["-o", "DPkg::Lock::Timeout=300"]
     for command in (["apt-get", *lock, "update", "-qq"], ["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
-            pytest.skip(f"`{' '.join(command)}` failed ({done.returncode}): {(done.stderr or done.stdout)[-500:]}")
+            unavailable(f"`{' '.join(command)}` failed ({done.returncode}): {(done.stderr or done.stdout)[-500:]}")
     browser, driver = _installed()
     if not (browser and driver):
-        pytest.skip(f"apt-get installed {PACKAGES} but chromium/chromedriver are not on PATH")
+        unavailable(f"apt-get installed {PACKAGES} but chromium/chromedriver are not on PATH")
     return browser, driver
 
 

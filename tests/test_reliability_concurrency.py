@@ -1,6 +1,7 @@
 """Concurrency: a scheduled sync and a backfill started at the same time, and readers meanwhile.
 
-Both are started with ``dg launch`` (as a schedule's or an operator's run would be) against one
+Both are started with ``dg launch`` (as a schedule's or an operator's run would be; in the site's
+folder, with the allow-listed environment, so no developer's ``.env`` is read) against one
 persistent Dagster home holding the project's ``dagster.yaml``: its ``duckdb_writer`` pool (limit
 1, op granularity) queues the steps that write the warehouse, one at a time across both runs.
 Both runs succeed, neither fails on DuckDB's file lock, and the warehouse ends as a single
@@ -25,6 +26,9 @@ from reliability_fixtures import PROJECT_ROOT
 from warehouse_compare import assert_same, integrity_problems
 
 DG = str(Path(sys.executable).with_name("dg"))
+# `dg launch` run in the site's folder, pointed at the definitions by module: never in the project
+# root, where the project (and Dagster's CLI) would load the developer's `.env`.
+LAUNCH = [DG, "launch", "--module-name", "pipelines.definitions"]
 RANGE = "2025-11-01...2026-01-15"  # every day the standard world created swap orders on
 TABLES = ("cpc_orders", "cpl_orders", "swap_orders", "swap_order_sides", "cpamoe_leads",
           "metapic_offers", "metapic_participants", "status_history")
@@ -93,11 +97,8 @@ def test_a_sync_and_a_backfill_started_together_both_finish_and_lose_nothing(sit
     thread = threading.Thread(target=reader.run, daemon=True)
     thread.start()
 
-    scheduled = site.spawn([DG, "launch", "--job", "sync_all"], name="scheduled", cwd=PROJECT_ROOT)
-    backfill = site.spawn(
-        [DG, "launch", "--job", "swap_orders_by_created_day_job", "--partition-range", RANGE],
-        name="backfill", cwd=PROJECT_ROOT,
-    )
+    scheduled = site.spawn([*LAUNCH, "--job", "sync_all"], name="scheduled")
+    backfill = site.spawn([*LAUNCH, "--job", "swap_orders_by_created_day_job", "--partition-range", RANGE], name="backfill")
     codes = (scheduled.wait(300), backfill.wait(300))
     reader.stop.set()
     thread.join(10)

@@ -19,9 +19,11 @@ from urllib.parse import quote
 import dagster as dg
 import duckdb
 import pytest
-from reliability_fixtures import PROJECT_ROOT, REALISTIC_ENV, REALISTIC_FAULTS
+from reliability_fixtures import REALISTIC_ENV, REALISTIC_FAULTS
 
 DG = str(Path(sys.executable).with_name("dg"))
+# in the site's folder, pointed at the definitions by module: the project root's `.env` is never read
+LAUNCH = [DG, "launch", "--module-name", "pipelines.definitions"]
 WRONG_KEY = "wrong-cpamoe-key-93ad0c"
 PHONE, EMAIL, IP, NAME = "79161234567", "jane.roe@example.org", "203.0.113.77", "Jane Roe"
 
@@ -66,13 +68,11 @@ def test_no_secret_and_no_personal_data_reaches_logs_events_errors_or_the_wareho
 
     # a run that fails after its retries (the error names the endpoint)
     site.sandbox.set_faults(rate=1.0, kinds=["error_200", "500"], retry_after=0, only=["/ext/list.json"])
-    exhausted = site.spawn([DG, "launch", "--assets", "cpamoe_leads"], name="exhausted", cwd=PROJECT_ROOT,
-                           HTTP_MAX_ATTEMPTS="2")
+    exhausted = site.spawn([*LAUNCH, "--assets", "cpamoe_leads"], name="exhausted", HTTP_MAX_ATTEMPTS="2")
     assert exhausted.wait(180) != 0, exhausted.output[-2000:]
     # a run with a wrong key (the error names the variables)
     site.sandbox.set_faults()
-    wrong = site.spawn([DG, "launch", "--assets", "cpamoe_leads"], name="wrong", cwd=PROJECT_ROOT,
-                       CPAMOE_API_KEY=WRONG_KEY)
+    wrong = site.spawn([*LAUNCH, "--assets", "cpamoe_leads"], name="wrong", CPAMOE_API_KEY=WRONG_KEY)
     assert wrong.wait(180) != 0, wrong.output[-2000:]
     # a lead submitted with the customer's details
     submitted = site.run_cli("submit-lead", "--offer", "217", "--phone", PHONE, "--ip", IP, "--email", EMAIL,

@@ -24,6 +24,8 @@ from pathlib import Path
 import duckdb
 import httpx
 
+from conftest import clean_env
+
 from pipelines.sandbox import Sandbox
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -295,9 +297,8 @@ def start_ui(root: Path, anchor) -> DagsterUi:
     home = root / "dagster_home"
     home.mkdir(parents=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_"))}
-    env.update(
-        sandbox.env(),
+    env = clean_env(  # the allow-list (conftest): no developer's setting reaches the servers
+        **sandbox.env(),
         DAGSTER_HOME=str(home),
         WAREHOUSE_PATH=str(root / "warehouse.duckdb"),
         WAREHOUSE_NOW=sandbox.world.now.isoformat(),
