@@ -390,3 +390,37 @@ def test_lists_that_change_while_read_lose_nothing(pworld):
     assert_matches_truth(w)
     assert_history_continuous(w, result)
     assert_earnings_match_truth(w)
+
+
+def test_a_participant_listed_again_continues_its_history(pworld):
+    """Removed by a complete read, then listed again (re-invited, or a list that moved unseen):
+    one entity whose intervals stay contiguous, its last status taken to have lasted until it was
+    seen again; a status it comes back with opens the next interval."""
+    w = pworld
+    c = campaigns(w)
+    c.signups_per_day = c.removals_per_day = 0.0
+    w.sync(assets=SYNC)
+    now = now_of(w)
+    live = [(o, p) for o, p in listed(w) if o.status_at(now) == "active" and not p.forced_status]
+    (o1, same), (o2, moved) = live[0], next((o, p) for o, p in live[1:] if o is not live[0][0])
+    keys = {p.n: key_of(w, o, p) for o, p in ((o1, same), (o2, moved))}
+    statuses = {p.n: c.participant_status(o, p, now) for o, p in ((o1, same), (o2, moved))}
+    for p in (same, moved):
+        c.remove(p)
+    w.advance(hours=1)
+    w.sync(assets=SYNC)
+    assert all((o.id, keys[p.n]) not in rows_by_key(w) for o, p in ((o1, same), (o2, moved)))
+    for p in (same, moved):
+        p.removed = None
+    moved.forced_status = next(s for s in ("store_denied", "done") if s != statuses[moved.n])
+    same._clicks_cache = None
+    w.advance(hours=1)
+
+    result = w.sync(assets=SYNC)
+
+    assert_matches_truth(w)
+    assert_history_continuous(w, result)
+    first = history(w)
+    assert [s for s, _f, _t in first[entity(o1.id, keys[same.n])]][-1] == statuses[same.n]
+    assert first[entity(o1.id, keys[same.n])][-1][2] is None
+    assert [s for s, _f, _t in first[entity(o2.id, keys[moved.n])]][-2:] == [statuses[moved.n], moved.forced_status]

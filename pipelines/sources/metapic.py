@@ -34,7 +34,14 @@ Assumptions where the docs are silent:
   quarantined (no stable key exists).
 - Omitting ``active`` on participants-stats returns every participant; days are UTC days.
 - A 200 body with only a ``message`` is transient (e.g. "Too Many Attempts."): retried, bounded.
-- A campaign's participants no longer change once it has ended or been deleted.
+- A campaign's participants no longer change once it has ended or been deleted: after one complete
+  read made once it is terminal, its list is never asked for again (``ended`` -> ``deleted`` too).
+- A pre-registered participant who signs up keeps serving its pre-registered identifier or e-mail
+  (the docs show no sign-up): that stays its key, so the sign-up updates its one row.
+- Snapshot rule: a complete read of a campaign's participant list (every page, the total never
+  moving between pages) is the whole truth for it; a participant it does not list is removed and
+  its history interval closed. An incomplete read removes nothing. One listed again continues its
+  history.
 """
 
 from __future__ import annotations
@@ -540,6 +547,59 @@ def rekey_signed_up(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     return count
 
 
+def find_relisted(con: duckdb.DuckDBPyConnection) -> int:
+    """Participants this run lists that have no row but a closed history: removed by an earlier
+    complete read (the snapshot rule) and listed again (re-invited, or a list that moved by as many
+    additions as removals while it was read, which no total shows). Their last interval is kept in
+    the temp table ``relisted`` for :func:`continue_relisted`. Runs before the merge, after
+    :func:`rekey_signed_up`."""
+    table = f"wh.main.{PARTICIPANTS.table}"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE relisted AS
+        SELECT h.entity_id, h.valid_from, h.valid_to, h.source_status
+        FROM (SELECT DISTINCT {_PARTICIPANT_ENTITY.format(a="c")} AS entity_id
+              FROM cur_{PARTICIPANTS.table} AS c
+              WHERE NOT EXISTS (SELECT 1 FROM {table} AS t
+                                WHERE t.offer_id = c.offer_id AND t.participant_key = c.participant_key)) AS n
+        JOIN {_HISTORY} AS h ON h.source = $src AND h.entity_id = n.entity_id
+        QUALIFY row_number() OVER (PARTITION BY h.entity_id ORDER BY h.valid_from DESC) = 1
+            AND h.valid_to IS NOT NULL
+        """,
+        {"src": PARTICIPANTS.source},
+    )
+    return con.execute("SELECT count(*) FROM relisted").fetchone()[0]
+
+
+def continue_relisted(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """A participant listed again goes on as one entity with contiguous history: its last status
+    is taken to have lasted until it was seen again (the merge has just opened an interval at
+    ``now``); when that status is the one it is listed with, the two intervals are one. Runs in
+    the commit's transaction after the merge."""
+    params = {"src": PARTICIPANTS.source, "now": now}
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE relisted_now AS
+        SELECT r.entity_id, r.valid_from,
+               h.source_status IS NOT DISTINCT FROM r.source_status AS same_status
+        FROM relisted AS r
+        JOIN {_HISTORY} AS h ON h.source = $src AND h.entity_id = r.entity_id
+                           AND h.valid_to IS NULL AND h.valid_from = $now AND r.valid_from < $now
+        """,
+        params,
+    )
+    con.execute(
+        f"DELETE FROM {_HISTORY} AS h USING relisted_now AS r WHERE h.source = $src AND h.entity_id = r.entity_id "
+        "AND r.same_status AND h.valid_to IS NULL AND h.valid_from = $now",
+        params,
+    )
+    con.execute(
+        f"UPDATE {_HISTORY} SET valid_to = CASE WHEN r.same_status THEN NULL ELSE $now END FROM relisted_now AS r "
+        f"WHERE {_HISTORY}.source = $src AND {_HISTORY}.entity_id = r.entity_id AND {_HISTORY}.valid_from = r.valid_from",
+        params,
+    )
+
+
 def remove_unlisted(con: duckdb.DuckDBPyConnection, now: datetime, offer_ids: list[int]) -> int:
     """The snapshot rule: a complete read of an offer's participant list is the whole truth for
     that offer. A participant of those offers that this run's read did not list (under any key it
@@ -625,9 +685,12 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
 
         def before_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
             counts["rekeyed"] = rekey_signed_up(con, now)
+            counts["relisted"] = find_relisted(con)
 
         def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
             keyless.append(quarantine_keyless(con, now, PARTICIPANTS.table, run_id))
+            if counts.get("relisted"):
+                continue_relisted(con, now)
             counts["removed"] = remove_unlisted(con, now, complete)
             if final:
                 con.execute(
@@ -654,10 +717,11 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
         result.primary.quarantined += sum(keyless)
         result.business["participants_removed"] = float(counts.get("removed", 0))
         result.business["participants_rekeyed"] = float(counts.get("rekeyed", 0))
-        if counts.get("removed") or counts.get("rekeyed"):
+        result.business["participants_relisted"] = float(counts.get("relisted", 0))
+        if counts.get("removed") or counts.get("rekeyed") or counts.get("relisted"):
             fetcher.log(
                 f"metapic_participants: {counts.get('removed', 0)} participant(s) no longer listed removed, "
-                f"{counts.get('rekeyed', 0)} row(s) keyed the old way re-keyed"
+                f"{counts.get('relisted', 0)} listed again, {counts.get('rekeyed', 0)} row(s) keyed the old way re-keyed"
             )
     return _report(PARTICIPANTS.table, mode, result, started, warnings, client.stats.requests, client.stats.retries)
 
