@@ -13,13 +13,14 @@ the next sweep, and nothing is left behind at the end.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from conftest import clean_env
 
 import pipelines
 from pipelines.staging_dirs import StagingDir, remove_stale
@@ -94,9 +95,8 @@ exec(compile(WORKER, "staging_worker", "exec"), worker)
 
 
 def child_env() -> dict[str, str]:
-    """Only what a child needs to import the very ``pipelines`` this test imported."""
-    code_root = str(Path(pipelines.__file__).resolve().parent.parent)
-    return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": code_root}
+    """The tests' allow-listed environment; children import the very ``pipelines`` this test did."""
+    return clean_env(PYTHONPATH=str(Path(pipelines.__file__).resolve().parent.parent))
 
 
 def spawn_worker(root: Path, role: str, prefix: str) -> subprocess.Popen:
