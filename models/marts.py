@@ -36,12 +36,15 @@ order_daily_snapshots = sa.Table(
 # baseline v_earnings_daily attributes to no day. One row per order present in the warehouse at
 # the snapshot step of the first sync that loaded any order of its source (the day it ran does not
 # matter: a baseline has no day); orders first seen later have no row and count from zero.
-# Written once per source, never updated.
+# Written once per source, never updated. One row per (source, order_id) by construction (copied
+# from order_daily_snapshots' rows of one day), without a PRIMARY KEY: its index would have to hold
+# every key of a first sync in memory (1M orders: out of memory at the 160MB default limit, in the
+# transaction that also writes those orders' snapshot rows).
 order_baselines = sa.Table(
     "order_baselines",
     metadata,
-    text("source", primary_key=True),
-    text("order_id", primary_key=True),
+    text("source", nullable=False),
+    text("order_id", nullable=False),
     text("currency"),
     money("earned"),
     big("units_delivered"),
