@@ -12,6 +12,7 @@ from pathlib import Path
 
 import os
 
+import duckdb
 import pytest
 
 from conftest import ANCHOR, World
@@ -306,6 +307,30 @@ def test_earnings_daily_counts_from_the_first_sync(synced_days):
     # money earned during the first day, after the first sync, is counted on that day
     assert any(v > 0 for (s, c, d), v in by_day.items() if d == days[0] and s == "cpc"), "cpc earned on day 1"
     assert any(v > 0 for (s, c, d), v in by_day.items() if d == days[-1]), "money was earned on the last day"
+
+
+def test_a_warehouse_from_before_baselines_keeps_its_past_days(mart_world):
+    """A warehouse whose snapshots were written before order_baselines existed (the table added
+    empty): its baselines become its first day's rows, the value that day's numbers were measured
+    from until now, so its first day stays 0 and later days are unchanged."""
+    w = mart_world
+    w.sync()
+    day_one = _known_totals(w)
+    with duckdb.connect(str(w.warehouse_path)) as con:
+        con.execute("DELETE FROM order_baselines")  # as the migration leaves an older warehouse
+    w.advance(hours=14)  # the next UTC day
+    (snap,) = materializations(w.sync(), "order_daily_snapshots")
+    assert snap.metadata["baselines_written"].value == w.scalar("SELECT count(*) FROM order_baselines") > 0
+    day_two = _known_totals(w)
+    want: dict[tuple, Decimal] = defaultdict(Decimal)
+    for key, (currency, earned) in day_two.items():
+        want[(key[0], currency)] += earned - (day_one[key][1] if key in day_one else 0)
+    rows = w.query("SELECT source, currency, day, earned FROM v_earnings_daily")
+    first, second = sorted({r[2] for r in rows})
+    assert all(close(r[3], Decimal(0)) for r in rows if r[2] == first)
+    got = {(r[0], r[1]): r[3] for r in rows if r[2] == second}
+    for key, value in want.items():
+        assert close(got.get(key, Decimal(0)), value), (key, got.get(key), value)
 
 
 def test_a_sync_that_changes_nothing_writes_no_row(synced_days):
