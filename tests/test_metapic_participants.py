@@ -297,7 +297,8 @@ def test_terminal_offer_moving_to_another_terminal_status_is_not_read_again(pwor
 def test_rows_keyed_the_old_way_are_rekeyed_not_duplicated(pworld):
     """An earlier version keyed a participant by ``id:``/``user:`` once it had one. Two states it
     left: a stale pre-registered row beside the ``id:`` row of the same participant (it saw the
-    sign-up), and an ``id:`` row alone (it first saw the participant signed up)."""
+    sign-up), and an ``id:`` row alone (it first saw the participant signed up). Offers already
+    read after they ended are read once more on upgrade, so their rows are re-keyed too."""
     w = pworld
     c = campaigns(w)
     c.signups_per_day = c.removals_per_day = 0.0
@@ -305,26 +306,28 @@ def test_rows_keyed_the_old_way_are_rekeyed_not_duplicated(pworld):
     first = now_of(w)
     live = [(o, p) for o, p in listed(w) if o.status_at(first) == "active" and (p.identifier or p.email) and p.id is None]
     (o1, p1), (o2, p2) = live[0], next((o, p) for o, p in live[1:] if bool(p.email) != bool(live[0][1].email))
+    o3, p3 = next((o, p) for o, p in listed(w) if o.status_at(first) == "ended" and (p.identifier or p.email))
     keys = {}
-    for o, p in ((o1, p1), (o2, p2)):
+    for o, p in ((o1, p1), (o2, p2), (o3, p3)):
         keys[p.n] = key_of(w, o, p)
-        c.sign_up(p)
+        c.sign_up(p, at=min(first, o.frozen_at - timedelta(minutes=1)))
     history_before = history(w)
 
     # what the earlier version left behind, written as it would have
     with duckdb.connect(str(w.warehouse_path)) as con:
         con.execute("SET TimeZone = 'UTC'")
-        old1, old2 = f"id:{50_000 + p1.n}", f"id:{50_000 + p2.n}"
-        con.execute(  # 1: the stale pre-registered row stays, an id: row is added, its own entity
-            "INSERT INTO metapic_participants SELECT * REPLACE (? AS participant_key, ? AS participant_id, "
-            "? AS user_id, NULL AS display_name) FROM metapic_participants WHERE offer_id = ? AND participant_key = ?",
-            [old1, 50_000 + p1.n, 3000 + p1.n, o1.id, keys[p1.n]],
-        )
-        con.execute(
-            "INSERT INTO status_history SELECT * REPLACE (? AS entity_id) FROM status_history "
-            "WHERE source = 'metapic_participant' AND entity_id = ? AND valid_to IS NULL",
-            [entity(o1.id, old1), entity(o1.id, keys[p1.n])],
-        )
+        old1, old2, old3 = (f"id:{50_000 + p.n}" for p in (p1, p2, p3))
+        for o, p, old in ((o1, p1, old1), (o3, p3, old3)):
+            con.execute(  # 1: the stale pre-registered row stays, an id: row is added, its own entity
+                "INSERT INTO metapic_participants SELECT * REPLACE (? AS participant_key, ? AS participant_id, "
+                "? AS user_id, NULL AS display_name) FROM metapic_participants WHERE offer_id = ? AND participant_key = ?",
+                [old, 50_000 + p.n, 3000 + p.n, o.id, keys[p.n]],
+            )
+            con.execute(
+                "INSERT INTO status_history SELECT * REPLACE (? AS entity_id) FROM status_history "
+                "WHERE source = 'metapic_participant' AND entity_id = ? AND valid_to IS NULL",
+                [entity(o.id, old), entity(o.id, keys[p.n])],
+            )
         con.execute(  # 2: only an id: row, its history under that entity
             "UPDATE metapic_participants SET participant_key = ?, participant_id = ?, user_id = ?, display_name = NULL "
             "WHERE offer_id = ? AND participant_key = ?",
@@ -334,8 +337,14 @@ def test_rows_keyed_the_old_way_are_rekeyed_not_duplicated(pworld):
             "UPDATE status_history SET entity_id = ? WHERE source = 'metapic_participant' AND entity_id = ?",
             [entity(o2.id, old2), entity(o2.id, keys[p2.n])],
         )
-    assert w.scalar("SELECT count(*) FROM metapic_participants") == len(listed(w)) + 1
+        # the cursor the earlier version wrote (no key version)
+        con.execute(
+            "UPDATE sync_state SET cursor = ? WHERE stream = 'metapic_participants'",
+            ['{"position": "metapic_offers.participants_final_read_at"}'],
+        )
+    assert w.scalar("SELECT count(*) FROM metapic_participants") == len(listed(w)) + 2
     w.advance(hours=1)
+    w.sandbox.stats.reset()
 
     result = w.sync(assets=[*SYNC, *VIEWS])
 
@@ -353,6 +362,13 @@ def test_rows_keyed_the_old_way_are_rekeyed_not_duplicated(pworld):
     assert after[entity(o1.id, keys[p1.n])][0] == history_before[entity(o1.id, keys[p1.n])][0]
     assert_history_continuous(w, result)
     assert_earnings_match_truth(w)
+    # 3: the ended offer's list was read once more, and is not read again
+    assert rows[(o3.id, keys[p3.n])] == (50_000 + p3.n, 3000 + p3.n, None) and (o3.id, old3) not in rows
+    assert w.sandbox.stats.arrivals_for(f"/v2/offers/{o3.id}/participants?")
+    w.sandbox.stats.reset()
+    w.sync(assets=SYNC)
+    assert not w.sandbox.stats.arrivals_for(f"/v2/offers/{o3.id}/participants?")
+    assert_matches_truth(w)
 
 
 # -- lists that move while they are read (issue 16) ------------------------------------------------

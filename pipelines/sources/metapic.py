@@ -220,6 +220,10 @@ def _pre_key(expr: str) -> str:
     return f"CASE WHEN {_is_email(expr)} THEN {_email_key(expr)} ELSE 'pre:' || {expr} END"
 
 
+# The version of PARTICIPANT_KEY_SQL, kept in the participants stream's cursor (absent: the rule
+# before 2, ``id:`` first). A warehouse written under an older one re-reads every list once.
+PARTICIPANT_KEY_VERSION = 2
+
 # The participant's key, over the record as the API sent it (before scrubbing). A pre-registered
 # participant who signs up gains an ``id`` and a ``user_id`` but keeps serving its pre-registered
 # identifier (or e-mail): that is its key while it carries one, so a sign-up updates the same row
@@ -649,13 +653,18 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
     started, started_at = time.monotonic(), datetime.now(UTC)
     client = fetcher.client
     with StreamLoad(warehouse, PARTICIPANTS.table, [PARTICIPANTS], run_id=run_id, on_progress=fetcher.progress) as load:
-        load.read_state({"offers": _offers_to_read_sql()})
+        state = load.read_state({"offers": _offers_to_read_sql()})
+        # a warehouse whose participants an earlier key rule wrote reads every list once more
+        # (terminal offers included), so rows keyed the old way are re-keyed everywhere
+        upgrade = bool(state) and state.get("key_version") != PARTICIPANT_KEY_VERSION
         chosen = load.query(
             "SELECT offer_id, terminal FROM offers WHERE ? OR NOT terminal OR NOT final_read ORDER BY offer_id",
-            [full_refresh],
+            [full_refresh or upgrade],
         )
         if not chosen:
             fetcher.log("metapic_participants: no offers in the warehouse to read participants of")
+        if upgrade:
+            fetcher.log("metapic_participants: participants keyed by an earlier rule: every offer's list is read once")
         fetcher.log(
             f"metapic_participants: reading {len(chosen)} offer(s), "
             f"{sum(1 for _, t in chosen if t)} of them terminal (final read)"
@@ -703,7 +712,7 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
         result = load.commit(
             # the stream's position is per campaign (participants_final_read_at, written above in
             # this transaction); how many lists this run read is in the log and sync_runs.requests
-            cursor={"position": "metapic_offers.participants_final_read_at"},
+            cursor={"position": "metapic_offers.participants_final_read_at", "key_version": PARTICIPANT_KEY_VERSION},
             mode=mode,
             started_at=started_at,
             requests=client.stats.requests,
