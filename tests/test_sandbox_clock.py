@@ -4,16 +4,17 @@ day moved with POST /_sandbox/advance is a day in durations, alert due times and
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.request
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from conftest import World
@@ -124,8 +125,6 @@ def test_cli_sandbox_sets_the_clock_for_every_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    from datetime import datetime
-
     before, after, clock = (datetime.fromisoformat(out[k]) for k in ("before", "after", "clock"))
     assert after == clock == before + timedelta(days=1)
     assert out["left"] is None
@@ -156,13 +155,12 @@ def test_readme_examples_return_rows_after_a_fresh_run(tmp_path):
     )
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
     assert "BUILT-IN SANDBOX" in done.stdout
-    import duckdb
-
     with duckdb.connect(str(warehouse), read_only=True) as con:
         for sql in queries:
             assert con.execute(sql).fetchall(), f"no rows: {sql}"
         # the demo's day: a day between the two syncs, on the sandbox's clock
-        times = [r[0] for r in con.execute("SELECT DISTINCT valid_to FROM status_history WHERE valid_to IS NOT NULL").fetchall()]
+        closed = "SELECT DISTINCT valid_to FROM status_history WHERE valid_to IS NOT NULL"
+        times = [r[0] for r in con.execute(closed).fetchall()]
         as_of = con.execute("SELECT as_of FROM v_warehouse_clock").fetchone()[0]
         assert times == [as_of] and as_of.minute == 0 and as_of.second == 0
         assert con.execute("SELECT count(DISTINCT day) FROM order_daily_snapshots").fetchone()[0] == 2
