@@ -23,7 +23,12 @@ size of the participant lists is ``size`` too (default 10, the docs' ``per_page`
 without id or user shows its pre-registered identifier (or e-mail) as ``display_name``; ``active``
 on participants-stats filters to participants with (true) or without (false) clicks in the range;
 participants and clicks freeze when a campaign ends or is deleted; a day's clicks are counted when
-the campaign was active at the start of that (UTC) day.
+the campaign was active at the start of that (UTC) day. As time advances, now and then a
+pre-registered participant of a campaign not yet frozen signs up (gains ``id`` and ``user_id``,
+keeps serving its pre-registered identifier or e-mail, ``display_name`` becomes null; the docs show
+no sign-up, so the least convenient shape) and, more rarely, one leaves the list for good. No doc
+shows a participant with nothing to identify it: there are none unless :meth:`set_keyless` asks.
+:meth:`MetapicApi.set_churn` makes lists change while they are read.
 """
 
 from __future__ import annotations
