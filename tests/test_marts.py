@@ -10,12 +10,10 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import os
-
 import duckdb
 import pytest
 
-from conftest import ANCHOR, World
+from conftest import ANCHOR, World, isolate_env
 from models.status import STATUS_MAPPINGS
 from pipelines.sandbox import Sandbox
 from pipelines.sandbox.register import write_lead_register
@@ -70,11 +68,9 @@ def synced_days(tmp_path_factory):
     monkeypatch = pytest.MonkeyPatch()
     sandbox = Sandbox(scale="tiny", seed=1, anchor=ANCHOR)
     try:
-        for var in [v for v in os.environ if v.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_"))]:
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", "50")
-        monkeypatch.setenv("HTTP_BACKOFF_BASE_SECONDS", "0.01")
-        monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "2")
+        isolate_env(  # as conftest's world
+            monkeypatch, ONLYTRAFFIC_MARKETER_PAGE_SIZE="50", HTTP_BACKOFF_BASE_SECONDS="0.01", HTTP_TIMEOUT_SECONDS="30"
+        )
         monkeypatch.chdir(tmp_path)  # no stray .env from the project root
         sandbox.start()
         w = _with_marts_inputs(World(sandbox, tmp_path / "warehouse.duckdb", monkeypatch), tmp_path, monkeypatch)

@@ -4,7 +4,6 @@ day moved with POST /_sandbox/advance is a day in durations, alert due times and
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from conftest import World
+from conftest import World, clean_env
 from pipelines.clock import CLOCK_CACHE_SECONDS, CLOCK_URL_VARIABLE, utc_now
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -114,12 +113,7 @@ def test_cli_sandbox_sets_the_clock_for_every_process(tmp_path):
                           "left": os.environ.get(CLOCK_URL_VARIABLE)}))
         """
     )
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_", "WAREHOUSE_", "SANDBOX_"))
-    }
-    env["WAREHOUSE_PATH"] = str(tmp_path / "warehouse.duckdb")
-    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    env = clean_env(WAREHOUSE_PATH=str(tmp_path / "warehouse.duckdb"), PYTHONPATH=str(PROJECT_ROOT))
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
@@ -143,12 +137,10 @@ def test_readme_examples_return_rows_after_a_fresh_run(tmp_path):
     warehouse on the sandbox syncs the simulated day before, then the current hour)."""
     queries = readme_example_queries()
     assert len(queries) >= 5, queries
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_", "WAREHOUSE_", "SANDBOX_", "DAGSTER_"))
-    }
     warehouse = tmp_path / "data" / "warehouse.duckdb"
-    env.update(WAREHOUSE_PATH=str(warehouse), DAGSTER_HOME=str(tmp_path / "dagster_home"), PYTHONPATH=str(PROJECT_ROOT))
+    env = clean_env(
+        WAREHOUSE_PATH=str(warehouse), DAGSTER_HOME=str(tmp_path / "dagster_home"), PYTHONPATH=str(PROJECT_ROOT)
+    )
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=600,
