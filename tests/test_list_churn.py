@@ -30,11 +30,11 @@ from models.status import STATUS_MAPPINGS
 from pipelines.sandbox import Sandbox
 from pipelines.sandbox.world import Scale
 
-# Big enough that every open list spans several pages (Marketer limit 50, Studio page size 20).
+# Big enough that every open list spans several pages (Marketer limit 25, Studio page size 20).
 SCALE = Scale(
     cpc_orders=1_200, cpl_orders=900, swap_orders=900, leads=10, offers=2, participants_per_offer=2, history_days=60
 )
-SHARE = 0.35  # of list requests that move one open order first
+SHARE = 0.5  # of list requests that move one open order first
 MOVED_WARNING = "moved while they were read"
 
 
@@ -106,7 +106,7 @@ def churn_world(tmp_path, monkeypatch):
     """Like conftest's ``world``, with more orders: every open list spans several pages."""
     for var in [v for v in os.environ if v.startswith(("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_"))]:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", "50")
+    monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", "25")
     monkeypatch.setenv("ONLYTRAFFIC_STUDIO_PAGE_SIZE", "20")
     monkeypatch.setenv("HTTP_BACKOFF_BASE_SECONDS", "0.01")
     monkeypatch.setenv("HTTP_TIMEOUT_SECONDS", "30")  # no timeouts injected here: a loaded machine is no fault
@@ -168,11 +168,15 @@ def cursor(world: World, stream: str) -> dict:
 @pytest.mark.parametrize("feed", sorted(FEEDS))
 def test_churn_during_full_and_incremental_syncs_then_one_quiet_sync_matches_the_truth(churn_world, feed):
     world, case = churn_world, FEEDS[feed]
-    world.sandbox.set_churn(share=SHARE, seed=11, only=[feed])
+    world.sandbox.set_churn(share=SHARE, seed=5, only=[feed])
+    existed = [set(case.truth(world))]  # the orders that existed when each sync began
     world.sync(assets=[case.asset])
-    for hours in (5, 19):
+    for hours in (0, 1):
         world.advance(hours=hours)
+        existed.append(set(case.truth(world)))
         world.sync(assets=[case.asset])
+        # whatever existed when the previous sync began is in by the end of this one
+        assert existed[-2] - set(case.rows(world)) == set()
     assert len(world.sandbox.churn.moves) >= 10, "the lists hardly moved: the test proves nothing"
 
     world.sandbox.set_churn()  # quiet
