@@ -510,18 +510,22 @@ def rekey_signed_up(con: duckdb.DuckDBPyConnection, now: datetime) -> int:
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE rekey AS
+        WITH c AS (  -- the keys an earlier rule gave this run's pre-registered records (equi-joins only)
+            SELECT offer_id, participant_key, 'id:' || participant_id AS alias FROM {cur}
+            WHERE participant_id IS NOT NULL AND NOT (participant_key LIKE 'id:%' OR participant_key LIKE 'user:%')
+            UNION ALL
+            SELECT offer_id, participant_key, 'user:' || user_id FROM {cur}
+            WHERE user_id IS NOT NULL AND NOT (participant_key LIKE 'id:%' OR participant_key LIKE 'user:%')
+        )
         SELECT c.offer_id, c.participant_key AS new_key, t.participant_key AS old_key,
                {_PARTICIPANT_ENTITY.format(a="c")} AS new_entity, {_PARTICIPANT_ENTITY.format(a="t")} AS old_entity,
                row_number() OVER (PARTITION BY c.offer_id, c.participant_key
                                   ORDER BY t.synced_at DESC, t.participant_key) = 1
                AND NOT EXISTS (SELECT 1 FROM {table} AS e
                                WHERE e.offer_id = c.offer_id AND e.participant_key = c.participant_key) AS rename
-        FROM {cur} AS c
-        JOIN {table} AS t
-          ON t.offer_id = c.offer_id
-         AND (t.participant_key = 'id:' || c.participant_id OR t.participant_key = 'user:' || c.user_id)
-        WHERE NOT (c.participant_key LIKE 'id:%' OR c.participant_key LIKE 'user:%')
-          AND NOT EXISTS (SELECT 1 FROM {cur} AS o
+        FROM c
+        JOIN {table} AS t ON t.offer_id = c.offer_id AND t.participant_key = c.alias
+        WHERE NOT EXISTS (SELECT 1 FROM {cur} AS o
                           WHERE o.offer_id = t.offer_id AND o.participant_key = t.participant_key)
         QUALIFY count(*) OVER (PARTITION BY t.offer_id, t.participant_key) = 1
         """
