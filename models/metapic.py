@@ -29,13 +29,17 @@ metapic_offers = sa.Table(
     tstz("valid_from"),  # when the API sends it (undocumented in responses)
     tstz("valid_until"),
     # Set by the participants sync, in its own transaction, once it has read the participants of
-    # this offer after the offer became terminal (ended/deleted): they are not read again.
+    # this offer after the offer became terminal (ended/deleted): they are not read again, even
+    # when it moves to another terminal status (ended -> deleted).
     tstz("participants_final_read_at"),
     *entity_columns(),
 )
 
-# One row per participant of a campaign. ``participant_key`` is ``id:<id>``, else ``user:<user_id>``,
-# else ``pre:<pre_registered_identifier>``, else ``email:<sha256 of the lower-cased e-mail>``.
+# One row per participant listed by the campaign's latest complete read of its participant list
+# (one no longer listed is removed, its history interval closed). ``participant_key`` survives a
+# sign-up: ``pre:<pre_registered_identifier>``, else ``email:<sha256 of the lower-cased
+# pre_registered_email>`` while the record carries one, else ``id:<id>``, else ``user:<user_id>``,
+# else the display name with the same prefixes.
 metapic_participants = sa.Table(
     "metapic_participants",
     metadata,
@@ -51,6 +55,8 @@ metapic_participants = sa.Table(
 )
 
 # One row per participant, campaign and day (``participants-stats`` with start_date = end_date).
+# ``participant_key`` as in metapic_participants: a signed-up participant's stats (which carry no
+# pre_registered_* fields) take the key that table has for its id or user id in that campaign.
 # ``source_status``/``status`` are the participant's status as the API reported it when the day
 # was fetched; the table has no status history of its own.
 metapic_participant_daily_stats = sa.Table(
