@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from models.status import STATUS_MAPPINGS
@@ -198,3 +199,33 @@ def test_views_expose_fill_rate_and_earnings(world):
         assert row[5] == pytest.approx(delivered / ordered)
         assert earned[order_id][1] == "USD"
         assert earned[order_id][2] == Decimal(str(t["total_earned"]))
+
+
+@pytest.mark.parametrize(
+    ("where", "params", "field"),
+    [
+        ("query", {"status": "active", "of_account_id": "null"}, "of_account_id"),
+        ("query", {"status": "active", "of_account_id": "1e3"}, "of_account_id"),
+        ("query", {"status": "active", "limit": "0"}, "limit"),
+        ("query", {"status": "active", "limit": "99999999999999999999999"}, "limit"),
+        ("query", {"status": "cancelled"}, "status"),
+        ("json", {"status": "active", "of_account_id": None}, "of_account_id"),
+        ("json", {"status": "active", "creative_public_id": 12}, "creative_public_id"),
+        ("json", {"status": "active", "offset": 1.5}, "offset"),
+    ],
+)
+def test_a_value_the_api_would_reject_gets_the_documented_422_envelope_never_a_500(world, where, params, field):
+    """The OpenAPI spec's ErrorResponse, ``error_code`` 422 ("bad request params"), naming the
+    parameter; ``cancelled`` is not in the CPC status enum."""
+    env = world.sandbox.env()
+    url = env["ONLYTRAFFIC_MARKETER_BASE_URL"] + "/api/marketer/cpc/orders"
+    headers = {"Authorization": env["ONLYTRAFFIC_MARKETER_API_KEY"]}
+    if where == "query":
+        response = httpx.get(url, params=params, headers=headers, timeout=30)
+    else:
+        response = httpx.post(url, json=params, headers=headers, timeout=30)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "error" and body["error_code"] == 422
+    assert field in body["message"]

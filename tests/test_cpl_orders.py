@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from models.status import STATUS_MAPPINGS
@@ -178,3 +179,55 @@ def test_error_envelope_in_http_200_is_retried_not_loaded_as_empty(world):
     assert world.sandbox.faults.injected == {"error_200": 3}
     assert_matches_truth(world)
     assert world.scalar("SELECT retries FROM sync_runs WHERE stream = 'cpl_orders'") == 3
+
+
+REJECTED_CPL_PARAMS = [
+    ("query", {"status": "accepted", "of_account_id": "null"}, "of_account_id"),
+    ("query", {"status": "accepted", "offer_id": "12.5"}, "offer_id"),
+    ("query", {"status": "accepted", "offer_id": ""}, "offer_id"),
+    ("query", {"status": "accepted", "limit": "-5"}, "limit"),
+    ("query", {"status": "accepted", "limit": "1001"}, "limit"),
+    ("query", {"status": "accepted", "offset": "-1"}, "offset"),
+    ("query", {"status": "paused"}, "status"),
+    ("json", {"status": "accepted", "of_account_id": None}, "of_account_id"),
+    ("json", {"status": "accepted", "offer_id": "abc"}, "offer_id"),
+    ("json", {"status": "accepted", "limit": True}, "limit"),
+    ("json", {"status": None}, "status"),
+]
+
+
+@pytest.mark.parametrize(("where", "params", "field"), REJECTED_CPL_PARAMS)
+def test_a_value_the_api_would_reject_gets_the_documented_422_envelope_never_a_500(world, where, params, field):
+    """The docs' error envelope, ``error_code`` 422, naming the parameter: what a client must
+    handle. (The sandbox used to answer HTTP 500 to ``of_account_id=null``.)"""
+    env = world.sandbox.env()
+    url = env["ONLYTRAFFIC_MARKETER_BASE_URL"] + "/api/marketer/cpl/orders"
+    headers = {"Authorization": env["ONLYTRAFFIC_MARKETER_API_KEY"]}
+    if where == "query":
+        response = httpx.get(url, params=params, headers=headers, timeout=30)
+    else:
+        response = httpx.post(url, json=params, headers=headers, timeout=30)
+
+    assert response.status_code == 200  # the Marketer API sends its errors in HTTP 200 bodies
+    body = response.json()
+    assert body["status"] == "error" and body["error_code"] == 422
+    assert field in body["message"]
+
+
+def test_valid_filters_narrow_the_list_and_unknown_parameters_are_ignored(world):
+    env = world.sandbox.env()
+    url = env["ONLYTRAFFIC_MARKETER_BASE_URL"] + "/api/marketer/cpl/orders"
+    headers = {"Authorization": env["ONLYTRAFFIC_MARKETER_API_KEY"]}
+    book = world.sandbox.dataset("marketer_cpl")
+    order = next(o for o in book.orders if o.status == "completed")
+    wanted = {
+        o.order_id
+        for o in book.orders
+        if o.status == "completed" and o.extra["offer_id"] == order.extra["offer_id"] and o.account == order.account
+    }
+    params = {"status": "completed", "offer_id": str(order.extra["offer_id"]), "of_account_id": str(order.account),
+              "creative_public_id": "not-a-cpl-filter", "limit": "1000"}
+    body = httpx.get(url, params=params, headers=headers, timeout=30).json()
+
+    assert body["status"] == "success"
+    assert {r["order_id"] for r in body["data"]} == wanted
