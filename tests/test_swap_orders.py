@@ -355,3 +355,30 @@ def test_failure_mid_sync_leaves_tables_and_cursor_as_they_were(swap_world, kind
     world.sandbox.set_faults(rate=0)
     world.sync(assets=["swap_orders"])
     assert_matches(world, truth(world))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"status": "accepted", "offer_id": "null"},
+        {"status": "accepted", "of_account_id": "1.5"},
+        {"status": "accepted", "page": "0"},
+        {"status": "accepted", "page_size": "101"},
+        {"status": "paused"},
+        {"sort": "price_desc"},
+        {"from": "2026-13-01"},
+        {"from": "2026-01-10", "to": "2026-01-01"},
+    ],
+)
+def test_a_value_the_api_would_reject_gets_a_422_error_envelope_never_a_500(swap_world, params):
+    env = swap_world.sandbox.env()
+    response = httpx.get(
+        env["ONLYTRAFFIC_STUDIO_BASE_URL"] + "/swaps/orders",
+        params=params,
+        headers={"X-API-Key": env["ONLYTRAFFIC_STUDIO_API_KEY"]},
+        timeout=30,
+    )
+
+    assert response.status_code == 422
+    body = response.json()
+    assert body["success"] is False and body["error"]["code"] == "validation_error"
