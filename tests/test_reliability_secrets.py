@@ -12,6 +12,8 @@ warehouse file itself.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -19,6 +21,7 @@ from urllib.parse import quote
 import dagster as dg
 import duckdb
 import pytest
+from conftest import clean_env
 from reliability_fixtures import REALISTIC_ENV, REALISTIC_FAULTS
 
 DG = str(Path(sys.executable).with_name("dg"))
@@ -107,3 +110,34 @@ def test_no_secret_and_no_personal_data_reaches_logs_events_errors_or_the_wareho
     # before DuckDB sees a page. (Metapic e-mails are dropped in DuckDB's SQL: not checked here.)
     for personal in (PHONE, EMAIL, IP, NAME):
         assert personal.encode() not in warehouse_bytes
+
+
+PROBE = """
+import os
+
+def test_the_environment_holds_no_dotenv_and_no_setting_of_the_shell():
+    from pipelines.definitions import build_defs  # imported again: a no-op, .env was not read
+    leaked = {k: os.environ[k] for k in ("ONLYTRAFFIC_MARKETER_API_KEY", "HTTP_MAX_ATTEMPTS", "DAGSTER_HOME",
+                                         "WAREHOUSE_PATH") if k in os.environ}
+    assert not leaked, leaked
+"""
+
+
+def test_tests_read_no_dotenv_and_no_setting_of_the_developers_shell(tmp_path):
+    """The suite's own fixtures (conftest.py) run from a project folder whose ``.env`` and whose
+    shell set credentials and settings: a test sees neither."""
+    here = Path(__file__).parent
+    (tmp_path / "tests").mkdir()
+    for name in ("conftest.py", "reliability_fixtures.py", "warehouse_compare.py"):
+        shutil.copy(here / name, tmp_path / "tests" / name)
+    (tmp_path / "tests" / "test_probe.py").write_text(PROBE)
+    (tmp_path / ".env").write_text("ONLYTRAFFIC_MARKETER_API_KEY=from-dotenv-5c1e\nWAREHOUSE_PATH=/nowhere.duckdb\n")
+    shell = clean_env(HTTP_MAX_ATTEMPTS="99", DAGSTER_HOME=str(tmp_path / "home"))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_probe.py"],
+        cwd=tmp_path, env=shell, capture_output=True, text=True, timeout=300,
+    )
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
