@@ -5,6 +5,7 @@ the view's SQL."""
 from __future__ import annotations
 
 import csv
+import shutil
 from collections import defaultdict
 from datetime import timedelta
 from decimal import Decimal
@@ -305,27 +306,38 @@ def test_earnings_daily_counts_from_the_first_sync(synced_days):
     assert any(v > 0 for (s, c, d), v in by_day.items() if d == days[-1]), "money was earned on the last day"
 
 
-def test_a_warehouse_from_before_baselines_keeps_its_past_days(mart_world):
+def test_a_warehouse_from_before_baselines_keeps_its_past_days(synced_days, tmp_path, monkeypatch):
     """A warehouse whose snapshots were written before order_baselines existed (the table added
-    empty): its baselines become its first day's rows, the value that day's numbers were measured
-    from until now, so its first day stays 0 and later days are unchanged."""
-    w = mart_world
-    w.sync()
-    day_one = _known_totals(w)
-    with duckdb.connect(str(w.warehouse_path)) as con:
+    empty): its baselines become its first day's rows, the values that day was measured from
+    until now, so its first day stays 0 and the later days keep their day-over-day numbers."""
+    w = synced_days
+    older = World(w.sandbox, tmp_path / "older.duckdb", monkeypatch)  # a copy: the shared world stays as it is
+    for suffix in ("", ".wal"):
+        if Path(str(w.warehouse_path) + suffix).exists():
+            shutil.copyfile(str(w.warehouse_path) + suffix, str(older.warehouse_path) + suffix)
+    with duckdb.connect(str(older.warehouse_path)) as con:
         con.execute("DELETE FROM order_baselines")  # as the migration leaves an older warehouse
-    w.advance(hours=14)  # the next UTC day
-    (snap,) = materializations(w.sync(), "order_daily_snapshots")
-    assert snap.metadata["baselines_written"].value == w.scalar("SELECT count(*) FROM order_baselines") > 0
-    day_two = _known_totals(w)
-    want: dict[tuple, Decimal] = defaultdict(Decimal)
-    for key, (currency, earned) in day_two.items():
-        want[(key[0], currency)] += earned - (day_one[key][1] if key in day_one else 0)
-    rows = w.query("SELECT source, currency, day, earned FROM v_earnings_daily")
-    first, second = sorted({r[2] for r in rows})
+    (snap,) = materializations(older.sync(assets=["order_daily_snapshots"]), "order_daily_snapshots")
+
+    last_of_day = {now.date(): totals for now, totals in w.observed}
+    first, *later = sorted(last_of_day)
+    assert snap.metadata["rows_written"].value == 0
+    assert snap.metadata["baselines_written"].value == older.scalar("SELECT count(*) FROM order_baselines") > 0
+    assert older.query("SELECT source, order_id, earned FROM order_baselines ORDER BY ALL") == older.query(
+        "SELECT source, order_id, earned FROM order_daily_snapshots WHERE day = ? ORDER BY ALL", [first]
+    )
+    expected: dict[tuple, Decimal] = defaultdict(Decimal)
+    seen = dict(last_of_day[first])
+    for day in later:
+        for key, (currency, earned) in last_of_day[day].items():
+            before = seen.get(key)
+            expected[(key[0], currency, day)] += earned - (before[1] if before else 0)
+        seen.update(last_of_day[day])
+    rows = older.query("SELECT source, currency, day, earned FROM v_earnings_daily")
     assert all(close(r[3], Decimal(0)) for r in rows if r[2] == first)
-    got = {(r[0], r[1]): r[3] for r in rows if r[2] == second}
-    for key, value in want.items():
+    got = {(r[0], r[1], r[2]): r[3] for r in rows if r[2] != first}
+    assert set(got) <= set(expected)
+    for key, value in expected.items():
         assert close(got.get(key, Decimal(0)), value), (key, got.get(key), value)
 
 
