@@ -211,7 +211,8 @@ def sync_status_lists(
         # while it read. Such an order was open when the sync began, so the next sync reads the
         # terminal lists back to the oldest such order could be: created after what the last
         # sync had seen (or, after a full walk, no older than the oldest open order seen).
-        floor = _recheck_floor(load, full, since, created_path, listing.open_statuses)
+        unknown_since = min(t for t in (old_watermark, recheck) if t is not None) if not full else None
+        floor = _recheck_floor(load, full, unknown_since, created_path, listing.open_statuses)
         if floor is not None:
             cursor["recheck_from"] = _iso(floor)
         sample = ", ".join(f"{k} ({a} -> {b})" for k, a, b in movers[:5])
@@ -245,7 +246,8 @@ def _recheck_floor(
 
     An order this sync never saw was open when it began. After an incremental sync, such an order
     was either open in the warehouse (the next sync finds it as one that left the open lists) or
-    unknown to it, hence created after the floor this sync read back to (``since``). After a full
+    unknown to it, hence created after what the sync before had seen (``since``: the old
+    watermark, or the old ``recheck_from`` when that one is older). After a full
     walk nothing was known: the floor is the oldest order seen open (an order open at the start
     of the sync and missed is no older, unless it was the very last of its list)."""
     if not full:
