@@ -60,10 +60,10 @@ def synced_days(tmp_path_factory):
 
     Set up as conftest's ``world`` plus ``mart_world``, with one swap order none of whose sides is
     ours. Records the truth after each sync (``w.observed``: (now, {(source, order): (currency,
-    earned)})) and the orders of the first sync
-    (``w.first_keys``), then syncs once more at the same moment (``w.no_change``: its materialization and
-    the snapshot tables before and after). The environment is restored before the tests run: they
-    only query the warehouse and read the sandbox's truth, which no longer moves.
+    earned)})) and the orders of the first sync (``w.first_keys``), then syncs once more at the
+    same moment (``w.no_change``: its materialization and the snapshot tables before and after).
+    The environment is restored before the tests run: they only query the warehouse (or a copy)
+    and read the sandbox's truth, which no longer moves.
     """
     tmp_path = tmp_path_factory.mktemp("synced_days")
     monkeypatch = pytest.MonkeyPatch()
