@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,22 +130,30 @@ class World:
         return self.query(sql, params)[0][0]
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@contextmanager
+def open_world(root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     """A tiny sandbox world at a fixed anchor time, small pages, fast retries, and a client timeout
-    no honest answer reaches on a busy machine (tests injecting ``timeout`` faults set their own)."""
+    no honest answer reaches on a busy machine (tests injecting ``timeout`` faults set their own);
+    its warehouse in ``root``."""
     isolate_env(
         monkeypatch, ONLYTRAFFIC_MARKETER_PAGE_SIZE="50", HTTP_BACKOFF_BASE_SECONDS="0.01", HTTP_TIMEOUT_SECONDS="30"
     )
-    monkeypatch.chdir(tmp_path)  # no stray .env from the project root
+    monkeypatch.chdir(root)  # no stray .env from the project root
     sandbox = Sandbox(scale="tiny", seed=1, anchor=ANCHOR)
     sandbox.start()
-    w = World(sandbox, tmp_path / "warehouse.duckdb", monkeypatch)
+    w = World(sandbox, root / "warehouse.duckdb", monkeypatch)
     w.apply_env()
     try:
         yield w
     finally:
         sandbox.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The standard tiny world (:func:`open_world`), one per test."""
+    with open_world(tmp_path, monkeypatch) as w:
+        yield w
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -212,19 +213,32 @@ def _requested(defs, instance, cursor) -> tuple[set[str], object]:
     return {k.to_user_string() for k in keys if result.get_requested_partitions(k)}, result.cursor
 
 
-def test_views_are_requested_after_a_partition_backfill_but_not_after_sync_all(world, instance):
+@pytest.fixture(scope="module")
+def synced(tmp_path_factory):
+    """One world the two tests below only read: automation evaluated before any run, after
+    ``sync_all`` and after one swap partition; then a Metapic daily-stats partition."""
+    from conftest import open_world
+
     from pipelines.definitions import build_defs
 
-    defs = build_defs()
-    requested, cursor = _requested(defs, instance, None)
-    assert requested == set()  # the first evaluation only sets a baseline
+    with pytest.MonkeyPatch.context() as monkeypatch, dg.instance_for_test() as instance:
+        with open_world(tmp_path_factory.mktemp("schedules"), monkeypatch) as world:
+            defs = build_defs()
+            requested = {}
+            requested["baseline"], cursor = _requested(defs, instance, None)
+            results = [_run("sync_all", instance)]
+            requested["after sync_all"], cursor = _requested(defs, instance, cursor)
+            results.append(_run("swap_orders_by_created_day_job", instance, partition_key="2026-01-10"))
+            requested["after a swap partition"], cursor = _requested(defs, instance, cursor)
+            results.append(_run("metapic_participant_daily_stats_job", instance, partition_key="2026-01-10"))
+            yield SimpleNamespace(world=world, defs=defs, requested=requested, results=results)
 
-    _run("sync_all", instance)
-    requested, cursor = _requested(defs, instance, cursor)
-    assert requested == set()  # sync_all rebuilt its views in the same run
 
-    _run("swap_orders_by_created_day_job", instance, partition_key="2026-01-10")
-    requested, cursor = _requested(defs, instance, cursor)
+def test_views_are_requested_after_a_partition_backfill_but_not_after_sync_all(synced):
+    defs, requested = synced.defs, synced.requested
+    assert requested["baseline"] == set()  # the first evaluation only sets a baseline
+    assert requested["after sync_all"] == set()  # sync_all rebuilt its views in the same run
+
     # every view reading what that asset writes, directly or through other views (a view behind
     # order_daily_snapshots, which has no automation condition, waits for sync_all)
     deps = {s.key.to_user_string(): {d.asset_key.to_user_string() for d in s.deps} for s in defs.resolve_all_asset_specs() if s.group_name == "views"}
@@ -232,17 +246,13 @@ def test_views_are_requested_after_a_partition_backfill_but_not_after_sync_all(w
     while grown := {v for v, d in deps.items() if d & (downstream_views | {"swap_orders_by_created_day"})} - downstream_views:
         downstream_views |= grown
     assert {"v_fill_rate", "v_earnings", "v_summary"} <= downstream_views
-    assert requested == downstream_views
+    assert requested["after a swap partition"] == downstream_views
 
 
-def test_every_ingestion_materialization_records_counts_runtime_and_figures(world, instance):
+def test_every_ingestion_materialization_records_counts_runtime_and_figures(synced):
     from pipelines.definitions import INGESTION_KEYS
 
-    results = [
-        _run("sync_all", instance),
-        _run("swap_orders_by_created_day_job", instance, partition_key="2026-01-10"),
-        _run("metapic_participant_daily_stats_job", instance, partition_key="2026-01-10"),
-    ]
+    world, results = synced.world, synced.results
     events = {
         e.asset_key.to_user_string(): e.metadata
         for r in results
