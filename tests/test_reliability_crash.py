@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import clean_env
 from reliability_fixtures import Site, wait_until
 from warehouse_compare import assert_same, integrity_problems
 
@@ -142,7 +143,7 @@ def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
         "import sys, time; from pathlib import Path; from pipelines.staging_dirs import StagingDir; "
         "d = StagingDir(Path(sys.argv[1]), 'stream-'); print(d.path, flush=True); time.sleep(60)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=clean_env())
     try:
         held = Path(proc.stdout.readline().strip())
         mine = StagingDir(tmp_path, "other-")  # creating a folder sweeps the stale ones first
