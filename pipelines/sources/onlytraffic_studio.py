@@ -165,28 +165,9 @@ class PageStatusListing:
         params: dict[str, Any] = {"status": status, "sort": "created_at_desc"}
         if since is not None:
             params["from"] = since.astimezone(UTC).date().isoformat()
-        outcome = self._walk_until_still(status, params, emit)
+        outcome = self._walk(status, params, emit)
         if since is not None:
             outcome.complete = False
-        return outcome
-
-    def _walk_until_still(self, status: str, params: dict[str, Any], emit: Emit[Page]) -> WalkOutcome:
-        """Walk a list; walk it again (up to twice) while it changes size under the walk.
-
-        Pages after the first are fetched concurrently, so not in order: an order entering the
-        list (a move from another status) shifts every older order one place down, and the one
-        pushed from page k to page k+1 is lost if page k+1 was fetched before the move and page
-        k after it (a removal loses one the same way). A total that moved between pages is the
-        sign; a walk whose pages all report the same total saw a still list. What the earlier
-        walks brought is kept (the loader counts an order once)."""
-        warnings: list[str] = []
-        for _attempt in range(3):
-            outcome = self._walk(status, params, emit)
-            warnings += outcome.warnings
-            if not outcome.moved:
-                break
-            warnings.append(f"{self.label}:{status}: read again (the list moved while it was read)")
-        outcome.warnings = warnings
         return outcome
 
     def walk_range(self, status: str, first_day: date, last_day: date, emit: Emit[Page]) -> WalkOutcome:
@@ -197,7 +178,7 @@ class PageStatusListing:
             "from": first_day.isoformat(),
             "to": last_day.isoformat(),
         }
-        return self._walk_until_still(status, params, emit)
+        return self._walk(status, params, emit)
 
     # -- pagination --------------------------------------------------------------------------------
 
@@ -255,6 +236,7 @@ class PageStatusListing:
                 for number, what in sorted(suspicious.items()):
                     if number not in still:
                         state.warn(f"page {number} {what}; read again")
+            self._refetch_where_the_list_moved(params, [first, *pages], emit, status, state)
             seen: dict[int, int] = {first.keys: 1} if first.keys else {}
             empty = [p.number for p in pages if p.records == 0 and p.number <= planned]
             repeated = []
@@ -308,6 +290,28 @@ class PageStatusListing:
                 return self._finish(state, complete=True)
         state.warn(f"stopped after {cap} pages; list not complete")
         return self._finish(state, complete=False)
+
+    def _refetch_where_the_list_moved(
+        self, params: dict[str, Any], pages: list[_Fetched], emit: Emit[Page], status: str, state: _WalkState
+    ) -> None:
+        """Ask again for both pages at each boundary where the list changed size between them.
+
+        Pages after the first are fetched concurrently, so not in order. An order entering the
+        list (moved from another status) shifts every older order one place down: the one pushed
+        from page k to page k+1 is lost if page k+1 was fetched before the move and page k after
+        it; an order leaving shifts them up, and the one pulled from page k+1 to page k is lost if
+        page k was fetched before and page k+1 after. Either way the two pages report different
+        totals, and reading both again now finds the order (what they brought first is kept: the
+        loader counts an order once)."""
+        ordered = sorted(pages, key=lambda p: p.number)
+        again: set[int] = set()
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if a.total is not None and b.total is not None and a.total != b.total and b.number == a.number + 1:
+                again.update((a.number, b.number))
+        if again:
+            state.warn(f"{len(again)} page(s) around a change of the total read again")
+            for number in sorted(again):
+                self._fetch(params, number, emit, status)
 
     def _fetch_concurrently(
         self, params: dict[str, Any], numbers: range, emit: Emit[Page], status: str, state: _WalkState
