@@ -14,6 +14,10 @@ Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
   list.
 - Assumption (docs silent): lists are ordered newest-created first. The incremental terminal-list
   read relies on it only after checking it page by page (see :mod:`pipelines.incremental`).
+- The lists have no sort parameter and no date filter, and move while they are read (an order
+  accepted or completed between two requests shifts the list under ``offset``): pages are read
+  in order, so an order entering a list only repeats one (counted once); what leaving orders make
+  a walk skip is handled across lists in :mod:`pipelines.incremental`.
 """
 
 from __future__ import annotations
