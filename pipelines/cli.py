@@ -124,16 +124,17 @@ def catch_up_sandbox(sandbox_env: dict[str, str]) -> None:
 
 def _fresh_local_warehouse() -> bool:
     """True when the warehouse is a local file that no sync has written yet."""
-    location = env("WAREHOUSE_PATH")
-    if location.startswith(("md:", "motherduck:", "ducklake:")):
-        return False
-    path = Path(location)
-    if not path.exists():
-        return True
     import duckdb
 
+    from pipelines.warehouse import Warehouse
+
+    warehouse = Warehouse(env("WAREHOUSE_PATH"), lock_timeout=0)
+    if not warehouse.is_local_file:
+        return False
+    if not Path(warehouse.location).exists():
+        return True
     try:
-        with duckdb.connect(str(path), read_only=True) as con:
+        with warehouse.connect(read_only=True) as con:
             return con.execute("SELECT count(*) FROM sync_state").fetchone()[0] == 0
     except duckdb.CatalogException:  # no schema yet
         return True
