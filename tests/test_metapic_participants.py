@@ -22,6 +22,7 @@ from decimal import Decimal
 import duckdb
 import pytest
 from test_metapic import api, assert_matches_truth, campaigns, expected_cpc, expected_key, run_daily_stats
+from warehouse_compare import integrity_problems
 
 PAGE_SIZE = 3
 SYNC = ["metapic_offers", "metapic_participants"]
@@ -189,6 +190,43 @@ def test_daily_stats_of_a_signed_up_participant_take_its_participant_key(pworld)
     assert mine == [(key, 50_000 + p.n, 3000 + p.n, c.daily_clicks(offer, p, day - timedelta(days=1)))]
     # every stats key of the offer names a participant of the participants table
     assert {r[0] for r in stats} <= {k for (o, k) in rows_by_key(w) if o == offer.id}
+
+
+def test_the_warehouse_integrity_check_accepts_a_removal_and_nothing_looser(pworld, tmp_path):
+    """The load tests' ``integrity_problems`` agrees with the snapshot rule: a participant removed
+    by a complete read keeps its history with no current interval, which is consistent (it flagged
+    every removal as "not current" before). It stays strict: a removed participant whose interval
+    is open again, or a listed one whose interval was closed, is reported."""
+    w = pworld
+    c = campaigns(w)
+    c.signups_per_day = c.removals_per_day = 0.0
+    w.sync(assets=SYNC)
+    now = now_of(w)
+    (o1, gone), (o2, kept) = [(o, p) for o, p in listed(w) if o.status_at(now) == "active"][:2]
+    c.remove(gone)
+    w.advance(hours=1)
+    result = w.sync(assets=SYNC)
+
+    removed, listed_one = entity(o1.id, key_of(w, o1, gone)), entity(o2.id, key_of(w, o2, kept))
+    assert history(w)[removed][-1][2] is not None and listed_one in {entity(*k) for k in rows_by_key(w)}
+    assert_history_continuous(w, result)
+    assert integrity_problems(w.warehouse_path) == []
+
+    broken = tmp_path / "broken.duckdb"
+    broken.write_bytes(w.warehouse_path.read_bytes())
+    with duckdb.connect(str(broken)) as con:
+        for entity_id in (removed, listed_one):  # reopen the removed one, close the listed one
+            con.execute(
+                "UPDATE status_history SET valid_to = CASE WHEN valid_to IS NULL THEN valid_from + INTERVAL 1 MINUTE END "
+                "WHERE source = 'metapic_participant' AND entity_id = ? AND valid_from = "
+                "(SELECT max(valid_from) FROM status_history WHERE source = 'metapic_participant' AND entity_id = ?)",
+                [entity_id, entity_id],
+            )
+    assert sorted(integrity_problems(broken)) == [
+        "metapic_participants: 1 row(s) whose status has no current history interval",
+        "status_history metapic_participant: 1 current interval(s) of an entity without a row",
+        "status_history metapic_participant: 1 interval(s) overlap, leave a gap or are not current",
+    ]
 
 
 # -- incomplete reads ------------------------------------------------------------------------------
