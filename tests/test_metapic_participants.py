@@ -229,6 +229,48 @@ def test_the_warehouse_integrity_check_accepts_a_removal_and_nothing_looser(pwor
     ]
 
 
+def test_participant_lists_are_read_through_server_429s_that_carry_no_retry_after(pworld):
+    """The docs show ``x-ratelimit-limit``/``-remaining`` and no ``Retry-After``: the sandbox's 429s
+    carry none unless switched on. A client allowed more than the server allows (another process
+    spends the same account) is refused, waits on ``x-ratelimit-remaining: 0`` for its own window,
+    and still reads every list whole."""
+    import httpx
+
+    w = pworld
+    c = campaigns(w)
+    c.signups_per_day = c.removals_per_day = 0.0
+    metapic = api(w)
+    metapic.rate_limit, metapic.rate_window = 8, 1.0
+    metapic.limiter.reset()
+    w.monkeypatch.setenv("METAPIC_RATE_LIMIT", "1000")  # the client's own limiter never holds it back
+    w.monkeypatch.setenv("METAPIC_RATE_WINDOW_SECONDS", "1.5")
+
+    result = w.sync(assets=SYNC)
+
+    assert result.success
+    assert metapic.limiter.rejected > 0, "the server's limit should have refused some requests"
+    assert w.sandbox.stats.snapshot()["total_requests"] > 3 * metapic.rate_limit
+    assert_matches_truth(w)
+    assert_history_continuous(w, result)
+
+    env = w.sandbox.env()
+    url = env["METAPIC_BASE_URL"] + "/v2/offers"
+    params = {"created_by": env["METAPIC_USER_ID"]}
+
+    def refused() -> httpx.Response:
+        metapic.limiter.reset()
+        with httpx.Client(headers={"Authorization": env["METAPIC_ACCESS_TOKEN"]}) as http:
+            answers = [http.get(url, params=params) for _ in range(metapic.rate_limit + 1)]
+        assert [a.status_code for a in answers] == [200] * metapic.rate_limit + [429]
+        return answers[-1]
+
+    plain = refused()
+    assert plain.headers["x-ratelimit-remaining"] == "0" and plain.headers["x-ratelimit-limit"] == "8"
+    assert "retry-after" not in plain.headers and "x-ratelimit-reset" not in plain.headers
+    metapic.retry_after_on_limit = True
+    assert "retry-after" in refused().headers
+
+
 # -- incomplete reads ------------------------------------------------------------------------------
 
 INCOMPLETE = {

@@ -13,9 +13,12 @@ Faithful to ``shared/api-docs/metapic-api-v2.md`` where it speaks:
   (``data``/``links``/``meta``); participants may have no ``id``, no ``user_id``, and be known only
   by ``pre_registered_identifier`` or ``pre_registered_email``; stats need ``start_date`` and
   ``end_date`` (``Y-m-d``) and aggregate clicks over that range.
-- Every response carries ``x-ratelimit-limit``/``x-ratelimit-remaining``; over the limit (300 per
-  60 s by default, a fixed window from the first request, as Laravel's throttle) the answer is 429
-  with ``Retry-After`` and ``x-ratelimit-reset``.
+- Every response carries ``x-ratelimit-limit``/``x-ratelimit-remaining`` (the only rate-limit
+  headers the docs show); over the limit (300 per 60 s by default, a fixed window from the first
+  request, as Laravel's throttle) the answer is 429 with ``x-ratelimit-remaining: 0``. The docs
+  promise neither ``Retry-After`` nor ``x-ratelimit-reset``, so the 429 carries them only when
+  :attr:`MetapicApi.retry_after_on_limit` is switched on (off by default, like
+  ``FaultPlan.retry_after_on`` for injected faults): a client must find the window's end itself.
 
 Assumptions where the docs are silent: offers also carry ``valid_from``/``valid_until``
 (``Y-m-d H:i:s``, UTC); lists are ordered by id (offers) and join order (participants); the page
@@ -458,7 +461,8 @@ class FixedWindowLimiter:
         self._lock = threading.Lock()
 
     def hit(self) -> tuple[dict[str, str], float | None]:
-        """Headers for this response, and the seconds to wait when it must be refused."""
+        """Headers for this response, and the seconds to wait when it must be refused (the
+        undocumented ``Retry-After``/``x-ratelimit-reset`` only with ``retry_after_on_limit``)."""
         limit, window = self.api.rate_limit, self.api.rate_window
         with self._lock:
             now = time.monotonic()
@@ -467,12 +471,11 @@ class FixedWindowLimiter:
             if self.hits >= limit:
                 self.rejected += 1
                 wait = max(self.started + window - now, 0.0)
-                return {
-                    "x-ratelimit-limit": str(limit),
-                    "x-ratelimit-remaining": "0",
-                    "retry-after": str(math.ceil(wait)),
-                    "x-ratelimit-reset": str(math.ceil(time.time() + wait)),
-                }, wait
+                headers = {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": "0"}
+                if self.api.retry_after_on_limit:
+                    headers["retry-after"] = str(math.ceil(wait))
+                    headers["x-ratelimit-reset"] = str(math.ceil(time.time() + wait))
+                return headers, wait
             self.hits += 1
             self.max_hits = max(self.max_hits, self.hits)
             return {"x-ratelimit-limit": str(limit), "x-ratelimit-remaining": str(limit - self.hits)}, None
@@ -545,8 +548,9 @@ class ChurnPlan:
 
 
 class MetapicApi:
-    """The Metapic API v2 routes the warehouse reads. ``rate_limit``/``rate_window`` are settable;
-    :meth:`set_churn` makes participant lists change while they are read."""
+    """The Metapic API v2 routes the warehouse reads. ``rate_limit``/``rate_window`` are settable,
+    ``retry_after_on_limit`` adds ``Retry-After``/``x-ratelimit-reset`` to its 429s (the docs show
+    neither: off by default); :meth:`set_churn` makes participant lists change while they are read."""
 
     name = "metapic"
     prefix = "/metapic"
@@ -558,6 +562,7 @@ class MetapicApi:
         sandbox.world.datasets["metapic"] = self.campaigns
         self.rate_limit = 300
         self.rate_window = 60.0
+        self.retry_after_on_limit = False
         self.limiter = FixedWindowLimiter(self)
         self.set_churn()
 
