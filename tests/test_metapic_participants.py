@@ -217,7 +217,8 @@ def test_the_warehouse_integrity_check_accepts_a_removal_and_nothing_looser(pwor
     with duckdb.connect(str(broken)) as con:
         for entity_id in (removed, listed_one):  # reopen the removed one, close the listed one
             con.execute(
-                "UPDATE status_history SET valid_to = CASE WHEN valid_to IS NULL THEN valid_from + INTERVAL 1 MINUTE END "
+                "UPDATE status_history "
+                "SET valid_to = CASE WHEN valid_to IS NULL THEN valid_from + INTERVAL 1 MINUTE END "
                 "WHERE source = 'metapic_participant' AND entity_id = ? AND valid_from = "
                 "(SELECT max(valid_from) FROM status_history WHERE source = 'metapic_participant' AND entity_id = ?)",
                 [entity_id, entity_id],

@@ -35,7 +35,8 @@ ENTITY_KEYS = {
 REMOVABLE = {
     "metapic_participant": (
         "metapic_participants",
-        "SELECT CAST(offer_id AS VARCHAR) || ':' || participant_key AS entity_id, source_status FROM metapic_participants",
+        "SELECT CAST(offer_id AS VARCHAR) || ':' || participant_key AS entity_id, source_status "
+        "FROM metapic_participants",
     ),
 }
 
@@ -148,7 +149,9 @@ def integrity_problems(path: Path | str) -> list[str]:
             if dupes:
                 problems.append(f"{table}: {dupes} duplicated key(s)")
         removable = {source: sql for source, (table, sql) in REMOVABLE.items() if table in existing}
-        kept = " UNION ALL ".join(f"SELECT '{source}' AS source, entity_id FROM ({sql})" for source, sql in removable.items())
+        kept = " UNION ALL ".join(
+            f"SELECT '{source}' AS source, entity_id FROM ({sql})" for source, sql in removable.items()
+        )
         removable_sources = ", ".join(f"'{source}'" for source in removable) or "''"
         history = con.execute(
             f"""
