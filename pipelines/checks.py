@@ -1,19 +1,18 @@
 """Asset checks: the warehouse's data-quality contract, visible in the UI.
 
 Each check is a :class:`WarehouseCheck` (its asset, its name and a function of a read-only
-connection). :func:`build_warehouse_checks` turns all of them into ONE Dagster multi-asset check
-that opens the warehouse once and evaluates every selected check: thirty checks as thirty steps
-would each pay a step and a database open. A failing check names the offending keys or values in
+connection). The asset that writes a table declares its checks (:func:`check_specs`) and
+evaluates them at the end of its own step (:func:`evaluate_checks`): thirty checks as thirty steps
+would each pay a process and a database open. A failing check names the offending keys or values in
 its description and metadata, so the UI says *what* is wrong, not only that something is.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
 import duckdb
 
-from pipelines.resources import WRITER_POOL, WarehouseResource
 
 SAMPLE = 20
 
@@ -56,36 +55,34 @@ def check(asset, name: str, description: str) -> Callable[[Evaluate], WarehouseC
     return wrap
 
 
-def build_warehouse_checks(checks: Sequence[WarehouseCheck]) -> dg.AssetChecksDefinition:
-    """All checks as one multi-asset check (subsettable: a run evaluates those of its assets)."""
-    by_key = {c.key: c for c in checks}
-    if len(by_key) != len(checks):
+def check_specs(checks: Sequence[WarehouseCheck]) -> list[dg.AssetCheckSpec]:
+    """The Dagster specs of ``checks``, declared on the asset whose step evaluates them."""
+    if len({c.key for c in checks}) != len(checks):
         raise ValueError("two checks share an asset and a name")
+    return [dg.AssetCheckSpec(c.name, asset=c.asset, description=c.description) for c in checks]
 
-    @dg.multi_asset_check(
-        specs=[dg.AssetCheckSpec(c.name, asset=c.asset, description=c.description) for c in checks],
-        name="warehouse_checks",
-        can_subset=True,
-        pool=WRITER_POOL,
-        compute_kind="duckdb",
-    )
-    def warehouse_checks(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource):
-        selected = context.selected_asset_check_keys
-        with warehouse.open(on_wait=context.log.warning).connect(read_only=True) as con:
-            for key, c in by_key.items():
-                if key not in selected:
-                    continue
-                outcome = c.evaluate(con)
-                yield dg.AssetCheckResult(
-                    asset_key=c.asset,
-                    check_name=c.name,
-                    passed=outcome.passed,
-                    description=outcome.description,
-                    metadata=outcome.metadata,
-                    severity=outcome.severity,
-                )
 
-    return warehouse_checks
+def evaluate_checks(warehouse, checks: Sequence[WarehouseCheck], log=None) -> Iterator[dg.AssetCheckResult]:
+    """Evaluate ``checks`` on one read-only connection, inside the step of the asset they check.
+
+    Why in that step: a step of its own per table would cost a process each, and one step for
+    every table would be skipped as a whole when any one feed failed, leaving the tables that
+    did commit unchecked.
+    """
+    if not checks:
+        return
+    on_wait = log.info if log is not None else None
+    with warehouse.open(on_wait=on_wait).connect(read_only=True) as con:
+        outcomes = [(c, c.evaluate(con)) for c in checks]
+    for c, outcome in outcomes:
+        yield dg.AssetCheckResult(
+            asset_key=c.asset,
+            check_name=c.name,
+            passed=outcome.passed,
+            description=outcome.description,
+            metadata=outcome.metadata,
+            severity=outcome.severity,
+        )
 
 
 # -- the checks every feed uses ------------------------------------------------------------------

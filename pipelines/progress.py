@@ -2,24 +2,30 @@
 
 The CLI turns it on; assets report to it through :func:`report` whatever the executor, and it
 redraws one status line on stderr (when stderr is a terminal; otherwise it prints a line per
-finished stream, so CI logs stay readable).
+finished stream, so CI logs stay readable). Each step runs in a process of its own, so the switch
+is an environment variable (``AFFWH_PROGRESS``) the step processes inherit; each process draws
+the streams of its own step.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 
 _lock = threading.Lock()
-_enabled = False
+VARIABLE = "AFFWH_PROGRESS"
 _streams: dict[str, int] = {}
 _last_draw = 0.0
 
 
 def enable() -> None:
-    global _enabled
-    _enabled = True
+    os.environ[VARIABLE] = "1"
+
+
+def _enabled() -> bool:
+    return os.environ.get(VARIABLE) == "1"
 
 
 def _tty() -> bool:
@@ -29,7 +35,7 @@ def _tty() -> bool:
 def report(stream: str, records: int) -> None:
     """Records fetched for ``stream`` (called per page)."""
     global _last_draw
-    if not _enabled:
+    if not _enabled():
         return
     with _lock:
         _streams[stream] = _streams.get(stream, 0) + records
@@ -43,7 +49,7 @@ def report(stream: str, records: int) -> None:
 
 def done(line: str) -> None:
     """A stream finished: print its one-line summary."""
-    if not _enabled:
+    if not _enabled():
         return
     with _lock:
         if _tty():

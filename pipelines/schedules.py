@@ -8,13 +8,15 @@ while the daemon runs (``make ui`` / ``dg dev``, or ``dagster-daemon run``); not
 """
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition  # define_asset_job's
+
+from pipelines.run_recovery import recover_killed_runs
 
 # dagster's own cron helpers (the ones its scheduler uses), so "is this a tick of that cron" agrees
 # with the daemon exactly.
@@ -126,7 +128,7 @@ class OperationsSettings:
 # -- schedules -------------------------------------------------------------------------------------
 
 
-def sync_open_records_schedule(sync_all: UnresolvedAssetJobDefinition, settings: OperationsSettings) -> dg.ScheduleDefinition:
+def sync_open_records_schedule(sync_all: str, settings: OperationsSettings) -> dg.ScheduleDefinition:
     """``sync_all`` incrementally: open records re-read, new ones picked up, finished ones left.
 
     Skipped while a ``sync_all`` run is queued or running (a slow sync never piles up runs) and on
@@ -135,7 +137,7 @@ def sync_open_records_schedule(sync_all: UnresolvedAssetJobDefinition, settings:
 
     @dg.schedule(
         name="sync_open_records",
-        job=sync_all,
+        job_name=sync_all,
         cron_schedule=settings.open_records_cron,
         execution_timezone=settings.timezone,
         default_status=settings.schedule_status,
@@ -146,8 +148,9 @@ def sync_open_records_schedule(sync_all: UnresolvedAssetJobDefinition, settings:
         tick = context.scheduled_execution_time
         if tick is not None and settings.is_reconcile_tick(tick):
             return dg.SkipReason("the daily reconciliation runs sync_all at this time")
+        recover_killed_runs(context.instance)  # a run whose process died is not "still running"
         busy = context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=sync_all.name, statuses=IN_FLIGHT), limit=1
+            filters=dg.RunsFilter(job_name=sync_all, statuses=IN_FLIGHT), limit=1
         )
         if busy:
             return dg.SkipReason(f"sync_all run {busy[0].dagster_run.run_id} is still queued or running")
@@ -157,13 +160,13 @@ def sync_open_records_schedule(sync_all: UnresolvedAssetJobDefinition, settings:
 
 
 def daily_reconciliation_schedule(
-    sync_all: UnresolvedAssetJobDefinition, full_refresh_config: Mapping, settings: OperationsSettings
+    sync_all: str, full_refresh_config: Mapping, settings: OperationsSettings
 ) -> dg.ScheduleDefinition:
     """``sync_all`` with ``full_refresh``: every record re-read, so anything an incremental read
     could miss (an order edited after it finished, a lost page) is corrected within a day."""
     return dg.ScheduleDefinition(
         name="daily_reconciliation",
-        job=sync_all,
+        job_name=sync_all,
         cron_schedule=settings.reconcile_cron,
         execution_timezone=settings.timezone,
         default_status=settings.schedule_status,
@@ -183,9 +186,7 @@ def latest_complete_day(partitions_def: dg.TimeWindowPartitionsDefinition, when:
     return partitions_def.get_partition_key_for_timestamp(day_before.timestamp())
 
 
-def latest_day_schedule(
-    name: str, job: UnresolvedAssetJobDefinition, settings: OperationsSettings
-) -> dg.ScheduleDefinition:
+def latest_day_schedule(name: str, job, settings: OperationsSettings) -> dg.ScheduleDefinition:
     """Materialize the latest *complete* day of a daily-partitioned job.
 
     Computed from the tick time rather than the partitions' last key: a partitions definition with
@@ -196,7 +197,7 @@ def latest_day_schedule(
 
     @dg.schedule(
         name=name,
-        job=job,
+        job_name=job.name,
         cron_schedule=settings.daily_partitions_cron,
         execution_timezone=settings.timezone,
         default_status=settings.schedule_status,
@@ -213,12 +214,13 @@ def latest_day_schedule(
 
 
 def build_schedules(
-    sync_all: UnresolvedAssetJobDefinition,
+    sync_all: str,
     full_refresh_config: Mapping,
-    daily_jobs: Mapping[str, UnresolvedAssetJobDefinition],
+    daily_jobs: Mapping,
     settings: OperationsSettings,
 ) -> list[dg.ScheduleDefinition]:
-    """Every schedule of the project; ``daily_jobs`` maps a schedule name to a daily-partitioned job."""
+    """Every schedule of the project; ``daily_jobs`` maps a schedule name to a daily-partitioned
+    job (defined in its source folder; schedules name jobs, so each job is defined once)."""
     return [
         sync_open_records_schedule(sync_all, settings),
         daily_reconciliation_schedule(sync_all, full_refresh_config, settings),
@@ -244,23 +246,19 @@ def automation_sensor(settings: OperationsSettings) -> dg.AutomationConditionSen
     )
 
 
-def with_freshness(
-    assets: list[dg.AssetsDefinition],
-    current_state: set[dg.AssetKey],
-    daily: set[dg.AssetKey],
-    settings: OperationsSettings,
-) -> list[dg.AssetsDefinition]:
-    """``assets`` with a time-window freshness policy on every ingestion asset: ``current_state``
-    ones are expected every sync (minutes), ``daily`` partitioned ones once a day (hours)."""
-    policies = {
-        **{key: settings.freshness for key in current_state},
-        **{key: settings.daily_freshness for key in daily},
-    }
+def with_freshness(defs: dg.Definitions, settings: OperationsSettings, feed_tag: str) -> dg.Definitions:
+    """``defs`` with a time-window freshness policy on every ingestion asset: current-state feeds
+    (tag ``<feed_tag>: current``) are expected every sync (minutes), daily partitioned ones
+    (``daily``) once a day (hours). Applied when the definitions load, so the variables count."""
+    windows = {"current": settings.freshness, "daily": settings.daily_freshness}
 
     def apply(spec: dg.AssetSpec) -> dg.AssetSpec:
-        if spec.key not in policies:
+        window = windows.get(spec.tags.get(feed_tag, ""))
+        if window is None:
             return spec
-        warn, fail = policies[spec.key]
+        warn, fail = window
         return spec.replace_attributes(freshness_policy=dg.FreshnessPolicy.time_window(fail_window=fail, warn_window=warn))
 
-    return [a.map_asset_specs(apply) if policies.keys() & set(a.keys) else a for a in assets]
+    with warnings.catch_warnings():  # map_asset_specs is a "preview" API: nothing to tell users
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return defs.map_asset_specs(func=apply)

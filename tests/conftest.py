@@ -67,7 +67,12 @@ def _import_the_project_without_dotenv() -> None:
 
 for _name in [n for n in os.environ if not allowed(n)]:  # a session fixture's setup sees this too
     del os.environ[_name]
+# In-process runs execute each feed's step once: a test of a failing feed asserts what one attempt
+# did (requests, commits). The feeds' Dagster RetryPolicy is read when the definitions are
+# imported; test_failure_isolation.py tests it in a subprocess with retries on.
+os.environ["FEED_STEP_RETRIES"] = "0"
 _import_the_project_without_dotenv()
+del os.environ["FEED_STEP_RETRIES"]
 
 from pipelines.sandbox import Sandbox  # noqa: E402
 
@@ -113,7 +118,7 @@ class World:
         selection = [dg.AssetKey(a) for a in assets] if assets else None
         run_config = {}
         if full_refresh:
-            run_config = full_refresh_run_config()  # the feeds' one op: applies to those selected
+            run_config = full_refresh_run_config(assets)  # each selected feed's op
         return job_def.execute_in_process(
             run_config=run_config,
             instance=dg.DagsterInstance.ephemeral(),

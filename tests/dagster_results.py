@@ -1,5 +1,4 @@
-"""Reading a run's result by asset: the feeds share one op (sync_feeds), so "the materializations
-of node X" no longer names one table."""
+"""Reading a run's result by asset (an op may materialize several assets, e.g. ``sql_views``)."""
 
 import dagster as dg
 

@@ -545,7 +545,7 @@ def test_failed_poll_commits_nothing_and_the_next_run_catches_up(world, leads_di
     result = world.sync(assets=ASSETS, raise_on_error=False)
 
     assert not result.success
-    message = result.failure_data_for_node("sync_feeds").error.to_string()
+    message = result.failure_data_for_node("cpamoe_leads").error.to_string()
     assert "error 'db': internal error at cpa.moe" in message and "gave up after" in message
     for table, before in snapshot.items():
         assert world.query(f"SELECT * FROM {table} ORDER BY ALL") == before, table
@@ -568,7 +568,7 @@ def test_wrong_key_fails_at_once_and_the_key_never_leaks(world, leads_dir, capfd
     bad = world.sync(assets=["cpamoe_leads"], raise_on_error=False)
 
     assert not bad.success
-    message = bad.failure_data_for_node("sync_feeds").error.to_string()
+    message = bad.failure_data_for_node("cpamoe_leads").error.to_string()
     assert "error 'security'" in message and "CPAMOE_USER_ID or CPAMOE_API_KEY" in message
     assert world.sandbox.stats.snapshot()["requests"][ROUTE] <= 4  # no retry storm: the first failure ends the run
 

@@ -148,7 +148,7 @@ def test_persistent_error_envelope_fails_and_commits_nothing(world):
     result = world.sync(assets=["cpc_orders"], raise_on_error=False)
 
     assert not result.success
-    failure = result.failure_data_for_node("sync_feeds")
+    failure = result.failure_data_for_node("cpc_orders")
     message = failure.error.to_string()
     assert "FeedFailed: cpc_orders: ApiError: " in message, message[:2000]
     assert "GET http://127.0.0.1" in message and "/api/marketer/cpc/orders" in message

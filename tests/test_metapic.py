@@ -339,7 +339,7 @@ def test_failed_participant_read_commits_nothing_and_next_run_catches_up(mworld)
     assert not result.success
     assert mworld.scalar("SELECT count(*) FROM metapic_participants") == 0
     assert mworld.scalar("SELECT count(*) FROM metapic_offers WHERE participants_final_read_at IS NOT NULL") == 0
-    message = result.failure_data_for_node("sync_feeds").error.to_string()
+    message = result.failure_data_for_node("metapic_participants").error.to_string()
     assert "gave up after" in message and mworld.sandbox.env()["METAPIC_ACCESS_TOKEN"] not in message
 
     mworld.sandbox.set_faults(rate=0)
@@ -354,7 +354,7 @@ def test_wrong_token_fails_at_once_naming_the_variable(mworld):
     result = mworld.sync(assets=["metapic_offers"], raise_on_error=False)
 
     assert not result.success
-    message = result.failure_data_for_node("sync_feeds").error.to_string()
+    message = result.failure_data_for_node("metapic_offers").error.to_string()
     assert "METAPIC_ACCESS_TOKEN" in message and "wrong-token-123" not in message
     assert mworld.sandbox.stats.snapshot()["requests"]["metapic/offers"] == 1
 
@@ -363,7 +363,8 @@ def test_wrong_token_fails_at_once_naming_the_variable(mworld):
 
 
 def test_sync_never_exceeds_the_rate_limit_window(mworld):
-    from pipelines.definitions import build_resources, sync_feeds
+    from pipelines.defs.metapic.assets import metapic_offers, metapic_participants
+    from pipelines.definitions import build_resources
     from pipelines.resources import MetapicResource
 
     metapic_api = api(mworld)
@@ -385,7 +386,7 @@ def test_sync_never_exceeds_the_rate_limit_window(mworld):
     }
 
     result = dg.materialize(
-        [sync_feeds], selection=["metapic_offers", "metapic_participants"], resources=resources,
+        [metapic_offers, metapic_participants], resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
     )
 

@@ -94,15 +94,16 @@ def test_sync_open_records_skips_the_reconciliation_tick_and_a_sync_in_flight(de
 
 
 def test_daily_reconciliation_runs_sync_all_with_full_refresh(defs, instance):
-    from pipelines.definitions import INGESTION_ASSETS, full_refresh_run_config
+    from pipelines.definitions import INGESTION_KEYS, full_refresh_run_config
 
     data = tick(defs, "daily_reconciliation", datetime(2026, 1, 15, 3, 0, tzinfo=UTC), instance)
 
     (request,) = data.run_requests
     assert request.run_config == full_refresh_run_config()
-    assert {op for op, cfg in request.run_config["ops"].items() if cfg["config"]["full_refresh"]} == {
-        a.op.name for a in INGESTION_ASSETS
-    }
+    # one op per feed, named after its asset
+    assert {op for op, cfg in request.run_config["ops"].items() if cfg["config"]["full_refresh"]} == set(INGESTION_KEYS)
+    sync_all = defs.resolve_job_def("sync_all")
+    assert {op for op in request.run_config["ops"]} <= {n.name for n in sync_all.graph.node_defs}
 
 
 @pytest.mark.parametrize("name", ["swap_orders_latest_day", "metapic_daily_stats_latest_day"])

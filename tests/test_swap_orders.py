@@ -311,7 +311,7 @@ def test_persistent_error_envelope_fails_and_commits_nothing(swap_world):
     result = world.sync(assets=["swap_orders"], raise_on_error=False)
 
     assert not result.success
-    message = result.failure_data_for_node("sync_feeds").error.to_string()
+    message = result.failure_data_for_node("swap_orders").error.to_string()
     assert "/studio/swaps/orders" in message and "gave up after" in message and "rate_limited" in message
     assert world.sandbox.env()["ONLYTRAFFIC_STUDIO_API_KEY"] not in message
     for table in ("swap_orders", "swap_order_sides", "status_history", "sync_state"):

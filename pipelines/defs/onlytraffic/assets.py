@@ -1,7 +1,8 @@
-"""OnlyTraffic feeds and assets: CPC and CPL orders (Marketer API), swap orders (Studio API).
+"""OnlyTraffic assets: CPC and CPL orders (Marketer API), swap orders (Studio API).
 
-The feeds ``cpc_orders``, ``cpl_orders`` and ``swap_orders`` (incremental, in ``sync_all``; run by
-pipelines/assets/feeds.py) write their tables, ``swap_orders`` also ``swap_order_sides``.
+The feeds ``cpc_orders``, ``cpl_orders`` and ``swap_orders`` (incremental, in ``sync_all``; each
+its own step, see pipelines/defs/feed_asset.py) write their tables, ``swap_orders`` also
+``swap_order_sides``.
 ``swap_orders_by_created_day`` writes the same tables for a range of created days (backfills from
 the UI; partitions start at ``SWAP_PARTITIONS_START``, default 2025-01-01) without touching the
 incremental cursor.
@@ -12,9 +13,8 @@ from datetime import date, timedelta
 
 import dagster as dg
 
-from pipelines.assets.common import materialize_asset
-from pipelines.assets.feeds import Feed, FeedRun
-from pipelines.checks import standard_checks
+from pipelines.checks import history_intervals_check, sql_check, standard_checks
+from pipelines.defs.feed_asset import FEED_TAG, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
 from pipelines.settings import load_env_file
 from pipelines.sources import onlytraffic_marketer as marketer
@@ -118,6 +118,7 @@ SWAP_DAYS = dg.DailyPartitionsDefinition(start_date=swap_partitions_start(), end
     group_name="onlytraffic",
     pool=WRITER_POOL,
     kinds={"duckdb", "python"},
+    tags={FEED_TAG: "daily"},
     partitions_def=SWAP_DAYS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Swap orders created on the selected days (UTC), every status, into swap_orders "
@@ -159,20 +160,39 @@ swap_orders_by_created_day_job = dg.define_asset_job(
     description="Backfill swap orders by created day (select a date range in the UI: one run).",
 )
 
-FEEDS: list[Feed] = [
-    Feed("cpc_orders", "onlytraffic", "OnlyTraffic CPC orders, every status, one row per order_id (+ status_history).",
-         sync_cpc_orders),
-    Feed("cpl_orders", "onlytraffic", "OnlyTraffic CPL orders, every status, one row per order_id (+ status_history).",
-         sync_cpl_orders),
-    Feed("swap_orders", "onlytraffic", "OnlyTraffic swap orders, every status (taken from the status filter: the "
-         "API sends none), one row per order_id (+ status_history); also writes swap_order_sides.", sync_swap_orders),
-]  # current-state feeds, materialized by sync_all (pipelines/assets/feeds.py)
-ASSETS: list = [swap_orders_by_created_day]  # this source's own (partitioned) assets
-CHECKS: list = [
+CPC_CHECKS = [
     *standard_checks("cpc_orders", "cpc_orders", ["order_id"]),
-    *standard_checks("cpl_orders", "cpl_orders", ["order_id"]),
-    *standard_checks("swap_orders", "swap_orders", ["order_id"]),
-    *standard_checks("swap_orders", "swap_order_sides", ["order_id", "side"], has_status=False),
+    history_intervals_check("cpc_orders", "cpc"),
+    sql_check(
+        "cpc_orders",
+        "cpc_orders_total_earned_consistent",
+        "total_earned = min(clicks ordered, delivered) x price_per_click, within a cent.",
+        "SELECT order_id, printf('earned %s, expected %s', total_earned, "
+        "least(clicks_ordered, clicks_delivered) * price_per_click) FROM cpc_orders "
+        "WHERE abs(total_earned - least(clicks_ordered, clicks_delivered) * price_per_click) > 0.01",
+    ),
 ]
-JOBS: list = [swap_orders_by_created_day_job]
-SCHEDULES: list = []
+
+cpc_orders = feed_asset(
+    "cpc_orders", group="onlytraffic", sync=sync_cpc_orders, resources=["onlytraffic_marketer"],
+    description="OnlyTraffic CPC orders, every status, one row per order_id (+ status_history).",
+    checks=CPC_CHECKS,
+)
+cpl_orders = feed_asset(
+    "cpl_orders", group="onlytraffic", sync=sync_cpl_orders, resources=["onlytraffic_marketer"],
+    description="OnlyTraffic CPL orders, every status, one row per order_id (+ status_history).",
+    checks=[*standard_checks("cpl_orders", "cpl_orders", ["order_id"]), history_intervals_check("cpl_orders", "cpl")],
+)
+swap_orders = feed_asset(
+    "swap_orders", group="onlytraffic", sync=sync_swap_orders, resources=["onlytraffic_studio"],
+    description="OnlyTraffic swap orders, every status (taken from the status filter: the API sends none), one "
+    "row per order_id (+ status_history); also writes swap_order_sides.",
+    checks=[
+        *standard_checks("swap_orders", "swap_orders", ["order_id"]),
+        *standard_checks("swap_orders", "swap_order_sides", ["order_id", "side"], has_status=False),
+        history_intervals_check("swap_orders", "swap"),
+    ],
+)
+
+# Tables written by an asset of another name than the table (the views' lineage reads this).
+WRITES = {"swap_orders": ("swap_order_sides",), "swap_orders_by_created_day": ("swap_orders", "swap_order_sides")}

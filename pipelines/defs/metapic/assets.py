@@ -12,9 +12,8 @@ from datetime import date
 
 import dagster as dg
 
-from pipelines.assets.common import materialize_asset
-from pipelines.assets.feeds import METAPIC_LANE, Feed, FeedRun
-from pipelines.checks import standard_checks
+from pipelines.checks import check_specs, evaluate_checks, history_intervals_check, standard_checks
+from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
 from pipelines.sources import metapic as source
 from pipelines.sync import SyncReport
@@ -55,10 +54,18 @@ def sync_participants(run: FeedRun, progress) -> SyncReport:
         )
 
 
+# the participant's status is kept per day (no history): its values are checked all the same
+DAILY_CHECKS = standard_checks(
+    "metapic_participant_daily_stats", "metapic_participant_daily_stats", ["offer_id", "participant_key", "date"]
+)
+
+
 @dg.asset(
     group_name="metapic",
+    check_specs=check_specs(DAILY_CHECKS),
     pool=WRITER_POOL,
     kinds={"duckdb", "python"},
+    tags={FEED_TAG: "daily"},
     deps=["metapic_offers"],
     partitions_def=DAILY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -69,7 +76,7 @@ def metapic_participant_daily_stats(
     context: dg.AssetExecutionContext,
     warehouse: WarehouseResource,
     metapic: MetapicResource,
-) -> dg.MaterializeResult:
+) -> Iterator:
     days = [date.fromisoformat(key) for key in context.partition_keys]
 
     def sync(progress):
@@ -84,7 +91,8 @@ def metapic_participant_daily_stats(
                 reports.append(report)
         return source.combine_reports(source.DAILY_STATS.table, reports)
 
-    return materialize_asset(context, sync)
+    yield materialize_asset(context, sync)
+    yield from evaluate_checks(warehouse, DAILY_CHECKS, log=context.log)
 
 
 metapic_participant_daily_stats_job = dg.define_asset_job(
@@ -94,20 +102,26 @@ metapic_participant_daily_stats_job = dg.define_asset_job(
     description="Daily participant statistics of Metapic campaigns, one UTC day per partition.",
 )
 
-FEEDS: list[Feed] = [
-    Feed("metapic_offers", "metapic", "Metapic campaigns, every status, one row per offer_id (+ status_history).",
-         sync_offers, lane=METAPIC_LANE),
-    Feed("metapic_participants", "metapic", "Participants of every Metapic campaign, one row per (offer_id, "
-         "participant_key) (+ status_history). Re-read while the campaign can change, and once after it ends.",
-         sync_participants, lane=METAPIC_LANE, deps=("metapic_offers",)),
-]  # current-state feeds, materialized by sync_all in their own lane (pipelines/assets/feeds.py)
-ASSETS: list = [metapic_participant_daily_stats]  # this source's own (partitioned) assets
-CHECKS: list = [
-    *standard_checks("metapic_offers", "metapic_offers", ["offer_id"]),
-    *standard_checks("metapic_participants", "metapic_participants", ["offer_id", "participant_key"]),
-    # the participant's status is kept per day (no history): its values are checked all the same
-    *standard_checks(metapic_participant_daily_stats, "metapic_participant_daily_stats", ["offer_id", "participant_key", "date"]),
-]
-JOBS: list = [metapic_participant_daily_stats_job]
-# Each night, yesterday's statistics (stopped by default: start it in the UI or with the daemon).
-SCHEDULES: list = [dg.build_schedule_from_partitioned_job(metapic_participant_daily_stats_job, hour_of_day=3)]
+# Metapic mostly waits on its rate limit (300 requests a minute, one list per live campaign):
+# "wait" steps run beside the CPU-bound feeds, and first among ready steps (priority).
+metapic_offers = feed_asset(
+    "metapic_offers", group="metapic", sync=sync_offers, resources=["metapic"], load=WAIT, priority=1,
+    description="Metapic campaigns, every status, one row per offer_id (+ status_history).",
+    checks=[
+        *standard_checks("metapic_offers", "metapic_offers", ["offer_id"]),
+        history_intervals_check("metapic_offers", "metapic_offer"),
+    ],
+)
+metapic_participants = feed_asset(
+    "metapic_participants", group="metapic", sync=sync_participants, resources=["metapic"], load=WAIT,
+    priority=1, deps=["metapic_offers"],
+    description="Participants of every Metapic campaign, one row per (offer_id, participant_key) "
+    "(+ status_history). Re-read while the campaign can change, and once after it ends.",
+    checks=[
+        *standard_checks("metapic_participants", "metapic_participants", ["offer_id", "participant_key"]),
+        # entities leave this table (snapshot rule): their history ends without a current row
+        history_intervals_check("metapic_participants", "metapic_participant", source.PARTICIPANT_ENTITIES_SQL),
+    ],
+)
+
+

@@ -1,7 +1,9 @@
 """One asset per SQL view in ``sql/``: ``CREATE OR REPLACE VIEW <file name> AS <file>``.
 
 Each view's upstream assets are the tables and views its SQL names, found by reading the file,
-so the Dagster lineage graph follows the SQL without a second list to keep in step.
+so the Dagster lineage graph follows the SQL without a second list to keep in step. The assets
+writing each table are found in the other defs modules (:func:`table_producers`): the asset named
+after the table, and those a module lists in its ``WRITES``.
 """
 
 
@@ -11,9 +13,11 @@ from pathlib import Path
 import dagster as dg
 
 from models import metadata
+from pipelines.checks import check_specs, evaluate_checks, sql_check
+from pipelines.defs.feed_asset import FEED_TAG, defined_assets, defs_modules
 from pipelines.resources import WRITER_POOL, WarehouseResource
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
 
 
 def view_files() -> dict[str, Path]:
@@ -91,22 +95,59 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
         for name in order
     ]
 
-    @dg.multi_asset(name="sql_views", specs=specs, can_subset=True, pool=WRITER_POOL)
+    checks = [c for c in VIEW_CHECKS if c.asset.path[-1] in upstream]
+
+    @dg.multi_asset(
+        name="sql_views", specs=specs, can_subset=True, pool=WRITER_POOL, check_specs=check_specs(checks),
+        op_tags={"affwh/load": "cpu"},
+    )
     def sql_views(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         selected = {key.path[-1] for key in context.selected_asset_keys}
-        with warehouse.open(on_wait=context.log.warning).connect() as con:
+        with warehouse.open(on_wait=context.log.info).connect() as con:
             for name in order:
                 if name in selected:
                     create_view(con, name)
-            for name in order:
-                if name in selected:
-                    rows = con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]
-                    yield dg.MaterializeResult(asset_key=name, metadata={"rows": rows})
+            rows = {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in order if n in selected}
+        for name, count in rows.items():
+            yield dg.MaterializeResult(asset_key=name, metadata={"rows": count})
+        wanted = context.selected_asset_check_keys
+        yield from evaluate_checks(warehouse, [c for c in checks if c.key in wanted], log=context.log)
 
     return sql_views
 
 
 SHARED_TABLES = {"status_history", "sync_state", "sync_runs", "quarantine"}
+
+VIEW_CHECKS = [
+    sql_check(
+        "v_fill_rate",
+        "v_fill_rate_not_negative",
+        "No fill rate is negative.",
+        "SELECT source || ':' || order_id || coalesce(':' || side, ''), fill_rate "
+        "FROM v_fill_rate WHERE fill_rate < 0",
+    )
+]
+
+
+def table_producers() -> dict[str, list[dg.AssetKey]]:
+    """Which assets write each table: the asset named after it, those a module's ``WRITES``
+    lists, and for the tables every feed writes (status_history, ...) every current-state feed."""
+    producers: dict[str, list[dg.AssetKey]] = {}
+    feeds: list[dg.AssetKey] = []
+    writes: dict[str, tuple[str, ...]] = {}
+    for module in defs_modules(exclude=__package__):
+        writes.update(getattr(module, "WRITES", {}))
+    for asset in defined_assets(exclude=__package__):
+        for spec in asset.specs:
+            producers.setdefault(spec.key.path[-1], []).append(spec.key)
+            if spec.tags.get(FEED_TAG) == "current":
+                feeds.append(spec.key)
+    for writer, tables in writes.items():
+        for table in tables:
+            producers.setdefault(table, []).append(dg.AssetKey(writer))
+    for table in SHARED_TABLES:
+        producers[table] = feeds
+    return {t: sorted(set(keys), key=lambda k: k.to_user_string()) for t, keys in producers.items()}
 
 
 def build_view_assets(producers: dict[str, list[dg.AssetKey]]) -> list[dg.AssetsDefinition]:
@@ -124,3 +165,9 @@ def build_view_assets(producers: dict[str, list[dg.AssetKey]]) -> list[dg.Assets
                 deps.update(producers.get(ref, []))
         upstream[name] = deps
     return [_views_asset(upstream)]
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Built when the definitions load: the views' upstream is whatever the other modules define."""
+    return dg.Definitions(assets=build_view_assets(table_producers()))

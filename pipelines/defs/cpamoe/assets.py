@@ -1,4 +1,4 @@
-"""cpa.moe feeds (lead register and lead statuses), run by pipelines/assets/feeds.py.
+"""cpa.moe feeds (lead register and lead statuses), each its own step (pipelines/defs/feed_asset.py).
 
 ``cpamoe_lead_files`` loads new CSV files of ``CPAMOE_LEADS_DIR`` into the register (it needs no
 credentials); ``cpamoe_leads`` then polls list.json for every registered lead that is not final.
@@ -7,8 +7,8 @@ credentials); ``cpamoe_leads`` then polls list.json for every registered lead th
 
 import dagster as dg
 
-from pipelines.assets.feeds import Feed, FeedRun
-from pipelines.checks import SAMPLE, Outcome, check, standard_checks
+from pipelines.checks import SAMPLE, Outcome, check, history_intervals_check, standard_checks
+from pipelines.defs.feed_asset import FeedRun, feed_asset
 from pipelines.sources import cpamoe as source
 from pipelines.sources.cpamoe_register import load_lead_register
 from pipelines.sync import SyncReport
@@ -75,25 +75,28 @@ def cpamoe_leads_found(con) -> Outcome:
     )
 
 
-FEEDS: list[Feed] = [
-    Feed("cpamoe_lead_files", "cpamoe", "cpa.moe lead register: each new CSV file in CPAMOE_LEADS_DIR loaded "
-         "once into cpamoe_leads (bad lines reported by number here and in cpamoe_lead_file_errors).",
-         sync_lead_files),
-    Feed("cpamoe_leads", "cpamoe", "cpa.moe lead statuses: list.json polled for every registered lead not yet "
-         "final, one row per our lead_id (+ status_history).", sync_leads, deps=("cpamoe_lead_files",)),
-]  # current-state feeds, materialized by sync_all (pipelines/assets/feeds.py)
-ASSETS: list = []  # this source's own assets besides its feeds
-CHECKS: list = [
-    *standard_checks("cpamoe_leads", "cpamoe_leads", ["lead_id"]),
-    cpamoe_leads_known_codes,
-    cpamoe_leads_found,
-]
-JOBS: list = [
-    dg.define_asset_job(
-        "cpamoe_sync",
-        selection=dg.AssetSelection.assets("cpamoe_lead_files", "cpamoe_leads"),
-        description="Load new lead CSV files, then poll the statuses of open cpa.moe leads.",
-        executor_def=dg.in_process_executor,
-    )
-]
-SCHEDULES: list = []
+cpamoe_lead_files = feed_asset(
+    "cpamoe_lead_files", group="cpamoe", sync=sync_lead_files, resources=["cpamoe"],
+    description="cpa.moe lead register: each new CSV file in CPAMOE_LEADS_DIR loaded once into cpamoe_leads "
+    "(bad lines reported by number here and in cpamoe_lead_file_errors).",
+)
+cpamoe_leads = feed_asset(
+    "cpamoe_leads", group="cpamoe", sync=sync_leads, resources=["cpamoe"], deps=["cpamoe_lead_files"],
+    description="cpa.moe lead statuses: list.json polled for every registered lead not yet final, one row per "
+    "our lead_id (+ status_history).",
+    checks=[
+        *standard_checks("cpamoe_leads", "cpamoe_leads", ["lead_id"]),
+        cpamoe_leads_known_codes,
+        cpamoe_leads_found,
+        history_intervals_check("cpamoe_leads", "cpamoe"),
+    ],
+)
+
+# Tables written by an asset of another name than the table (the views' lineage reads this).
+WRITES = {"cpamoe_lead_files": ("cpamoe_leads", "cpamoe_lead_file_errors")}
+
+cpamoe_sync = dg.define_asset_job(
+    "cpamoe_sync",
+    selection=dg.AssetSelection.assets("cpamoe_lead_files", "cpamoe_leads"),
+    description="Load new lead CSV files, then poll the statuses of open cpa.moe leads.",
+)

@@ -182,5 +182,3 @@ def order_daily_snapshots(context: dg.AssetExecutionContext, warehouse: Warehous
         }
     )
 
-
-ASSETS: list = [cpamoe_payouts, order_daily_snapshots]

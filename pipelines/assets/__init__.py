@@ -1,1 +1,0 @@
-"""Dagster assets: thin functions that call a source's client and the loader."""

@@ -1,0 +1,1 @@
+"""cpa.moe: the lead register (CSV files) and lead statuses."""

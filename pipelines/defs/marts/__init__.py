@@ -1,0 +1,1 @@
+"""Mart inputs that are not API feeds: cpa.moe payouts and daily snapshots of order totals."""

@@ -1,0 +1,1 @@
+"""Metapic: offers, participants and their daily statistics."""

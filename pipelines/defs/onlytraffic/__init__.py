@@ -1,0 +1,1 @@
+"""OnlyTraffic: CPC and CPL orders (Marketer API), swap orders (Studio API)."""

@@ -1,0 +1,1 @@
+"""One asset per SQL view of ``sql/``."""
