@@ -23,8 +23,11 @@ class LifecycleStatus(str, Enum):
 
 LIFECYCLE_STATUSES: tuple[str, ...] = tuple(s.value for s in LifecycleStatus)
 
-# Statuses after which an entity never changes again.
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "rejected", "cancelled"})
+# Statuses after which an entity never changes again; every other status is open.
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    s.value for s in (LifecycleStatus.COMPLETED, LifecycleStatus.REJECTED, LifecycleStatus.CANCELLED)
+)
+OPEN_STATUSES: frozenset[str] = frozenset(LIFECYCLE_STATUSES) - TERMINAL_STATUSES
 
 P, A, PA, H, C, R, X = (
     LifecycleStatus.PENDING,
@@ -53,6 +56,35 @@ STATUS_MAPPINGS: dict[str, dict[str, LifecycleStatus]] = {
         "store_denied": R,
     },
 }
+
+
+# Raw statuses that map to a terminal canonical status while the source's record still moves on
+# behind it. cpa.moe: an approved lead (``approve`` = completed) keeps an extended status that
+# goes on (packing, sending, ...) until Completed/Return/Deleted, so the poll keeps asking for it.
+STILL_MOVING: dict[str, frozenset[str]] = {"cpamoe": frozenset({"approve"})}
+
+
+def terminal_raw_statuses(source: str) -> tuple[str, ...]:
+    """The source's raw statuses whose canonical status is terminal, in the mapping's order."""
+    return tuple(raw for raw, canon in STATUS_MAPPINGS[source].items() if canon.value in TERMINAL_STATUSES)
+
+
+def open_raw_statuses(source: str) -> tuple[str, ...]:
+    """The source's raw statuses whose canonical status is open, in the mapping's order."""
+    return tuple(raw for raw, canon in STATUS_MAPPINGS[source].items() if canon.value in OPEN_STATUSES)
+
+
+def final_raw_statuses(source: str) -> tuple[str, ...]:
+    """Terminal raw statuses after which the source's record never changes again (what a poll
+    can stop asking about): the terminal ones minus :data:`STILL_MOVING`."""
+    still = STILL_MOVING.get(source, frozenset())
+    return tuple(raw for raw in terminal_raw_statuses(source) if raw not in still)
+
+
+def sql_list(values) -> str:
+    """``'a', 'b'``: values as a SQL IN list (sorted when given a set, so the SQL is stable)."""
+    ordered = sorted(values) if isinstance(values, (set, frozenset)) else list(values)
+    return ", ".join(_sql_str(v) for v in ordered)
 
 
 def map_status(source: str, raw: str | None) -> LifecycleStatus | None:

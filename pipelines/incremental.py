@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from models.status import TERMINAL_STATUSES, sql_list
+
 from pipelines.fetch import Emit, run_producers
 from pipelines.loader import Page, StreamLoad
 
@@ -87,11 +89,10 @@ def sync_status_lists(
     log: Callable[[str], None] = lambda _m: None,
 ) -> ListingResult:
     """Fetch what changed into ``load`` (not committed) and return the new cursor."""
-    terminal = "', '".join(("completed", "rejected", "cancelled"))
     state = load.read_state(
         {
             "prior_open": f"SELECT CAST({key_column} AS VARCHAR) AS key, created_at "
-            f"FROM wh.main.{table} WHERE status IS NULL OR CAST(status AS VARCHAR) NOT IN ('{terminal}')"
+            f"FROM wh.main.{table} WHERE status IS NULL OR CAST(status AS VARCHAR) NOT IN ({sql_list(TERMINAL_STATUSES)})"
         }
     )
     watermark_text = state.get("created_watermark")

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +42,7 @@ from pipelines.warehouse import Warehouse, configure
 log = logging.getLogger(__name__)
 
 WH = "wh"
+BATCH = "batch"  # schema of the batch being staged
 
 
 @dataclass
@@ -81,6 +82,80 @@ class LoadResult:
     @property
     def primary(self) -> TableResult:
         return next(iter(self.tables.values()))
+
+
+@dataclass
+class StepResult:
+    """What a commit step reports: records it sent to ``quarantine`` (counted on the stream's
+    primary table) and metrics for the run's metadata (e.g. ``participants_removed``)."""
+
+    quarantined: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CommitStep:
+    """A feed's own set-based write, run by name inside the commit's transaction.
+
+    Feeds write to the warehouse only through these (never outside :meth:`StreamLoad.commit`), so
+    their writes commit or roll back with the stream's rows, history and cursor. ``run(con, now)``
+    may read the staging tables (``cur_<table>``, ``typed_<table>``, the feed's own) and writes
+    to ``wh.main.*``; ``now`` is the commit's observation time. ``before_merge`` steps run before
+    the tables are merged (e.g. re-keying warehouse rows so the merge matches them).
+    """
+
+    name: str
+    run: Callable[[duckdb.DuckDBPyConnection, datetime], StepResult | None]
+    before_merge: bool = False
+
+
+def summary_step(sql: str, name: str = "summary") -> CommitStep:
+    """A step reading one row of business metrics (``SELECT ... AS name, ...``) after the merge.
+
+    ``sql`` names warehouse tables as ``wh.main.<table>`` (``{wh}.<table>`` is accepted too).
+    """
+    query = sql.replace("{wh}", f"{WH}.main")
+
+    def run(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        cur = con.execute(query)
+        row = cur.fetchone()
+        names = [d[0] for d in cur.description]
+        return StepResult(metrics={n: float(v) for n, v in zip(names, row or []) if v is not None})
+
+    return CommitStep(name, run)
+
+
+def merge_quarantine(
+    con: duckdb.DuckDBPyConnection,
+    stream: str,
+    rows_sql: str,
+    *,
+    now: datetime,
+    run_id: str,
+    params: dict[str, Any] | None = None,
+) -> int:
+    """The one writer of ``quarantine``: ``rows_sql`` yields ``row_hash, entity_id, reason, raw``.
+
+    A record already quarantined for this stream (same ``row_hash``) only has ``last_seen_at`` and
+    ``run_id`` moved on, so a bad record read every run is one row. Returns how many distinct
+    records the query yielded.
+    """
+    rows = f"SELECT DISTINCT ON (row_hash) row_hash, entity_id, reason, raw FROM ({rows_sql})"
+    all_params = {**(params or {}), "q_stream": stream, "q_now": now, "q_run": run_id}
+    count = con.execute(f"SELECT count(*) FROM ({rows})", params or {}).fetchone()[0]
+    if count:
+        con.execute(
+            f"""
+            MERGE INTO {WH}.main.quarantine AS q
+            USING ({rows}) AS s
+            ON q.stream = $q_stream AND q.row_hash = s.row_hash
+            WHEN MATCHED THEN UPDATE SET last_seen_at = $q_now, run_id = $q_run
+            WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
+                VALUES ($q_stream, s.row_hash, s.entity_id, s.reason, s.raw, $q_now, $q_now, $q_run)
+            """,
+            all_params,
+        )
+    return count
 
 
 def _q(identifier: str) -> str:
@@ -124,7 +199,7 @@ class StreamLoad:
         self._staging: StagingDir | None = None
         self._typed: set[str] = set()  # the typed_<table> staging tables created so far
         # name -> query over ``recs``: a table a feed derives from its records, built batch by
-        # batch (``<name>_batch`` holds the current batch's rows) so its JSON work stays bounded
+        # batch (``batch.<name>`` holds the current batch's rows) so its JSON work stays bounded
         self.batch_tables = dict(batch_tables or {})
         self._batch_tables_made: set[str] = set()
 
@@ -145,6 +220,8 @@ class StreamLoad:
             "CREATE TABLE recs (seq BIGINT, pos BIGINT, listed_status VARCHAR, label VARCHAR, "
             "key VARCHAR, rec JSON)"
         )
+        # The current batch's records and derived tables, under the same names (see _batch_scope).
+        self.con.execute(f"CREATE SCHEMA {BATCH}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -217,12 +294,12 @@ class StreamLoad:
         )
         # One statement per batch (and records path): DuckDB splits every body into records, into
         # a table of this batch alone (typed next), then appended to ``recs``.
-        self.con.execute("CREATE OR REPLACE TEMP TABLE recs_batch AS SELECT * FROM recs LIMIT 0")
+        self.con.execute(f"CREATE OR REPLACE TABLE {BATCH}.recs AS SELECT * FROM main.recs LIMIT 0")
         for path in sorted(set(paths)):
             literal = "'" + path.replace("'", "''") + "'"
             self.con.execute(
                 f"""
-                INSERT INTO recs_batch
+                INSERT INTO {BATCH}.recs
                 SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
                 FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
                       FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
@@ -235,14 +312,27 @@ class StreamLoad:
         self._batch_records = 0
         self._derive_batch_tables()
         self._type_batch()
-        self.con.execute("INSERT INTO recs SELECT * FROM recs_batch")
+        self.con.execute(f"INSERT INTO main.recs SELECT * FROM {BATCH}.recs")
+
+    @contextmanager
+    def _batch_scope(self) -> Iterator[None]:
+        """Within it, a feed's SQL naming ``recs`` or one of its ``batch_tables`` reads the current
+        batch's rows (schema ``batch`` first on the search path); snapshots and everything else
+        resolve to ``main`` as always. The feed's SQL is run as written, never rewritten."""
+        assert self.con is not None
+        self.con.execute(f"SET search_path = '{BATCH},main'")
+        try:
+            yield
+        finally:
+            self.con.execute("RESET search_path")
 
     def _derive_batch_tables(self) -> None:
-        """Append this batch's rows of every ``batch_tables`` table (and keep them as ``<name>_batch``)."""
+        """Append this batch's rows of every ``batch_tables`` table (and keep them as ``batch.<name>``)."""
         assert self.con is not None
         for name, query in self.batch_tables.items():
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {_q(name + '_batch')} AS {_over_batch(query)}")
-            self._append(name, f"SELECT * FROM {_q(name + '_batch')}", self._batch_tables_made)
+            with self._batch_scope():
+                self.con.execute(f"CREATE OR REPLACE TABLE {BATCH}.{_q(name)} AS {query}")
+            self._append(name, f"SELECT * FROM {BATCH}.{_q(name)}", self._batch_tables_made)
 
     def _append(self, table: str, select: str, made: set[str]) -> None:
         """Append ``select``'s rows to ``table``, creating it on the run's first batch."""
@@ -261,23 +351,23 @@ class StreamLoad:
                 self._append(name, f"{query} LIMIT 0", self._batch_tables_made)
 
     def _type_batch(self) -> None:
-        """Type and validate the records of the batch (``recs_batch``) into ``typed_<table>``.
+        """Type and validate the records of the batch (``batch.recs``) into ``typed_<table>``.
 
         Done batch by batch while the next pages are being fetched, so the typing work overlaps
         the APIs' latency and each statement works on a batch, not on the whole run (DuckDB's
-        JSON functions hold their parse buffers for a whole statement).
+        JSON functions hold their parse buffers for a whole statement). A spec's ``records_sql``
+        is run over the batch (:meth:`_batch_scope`); a load that stages no pages (the lead
+        register) types everything at commit, over the whole tables.
         """
         assert self.con is not None
         for spec in self.specs:
-            if not _reads_recs(spec, self.batch_tables):
-                continue  # built from a table the feed derives at the end: typed at commit
             if spec.records_sql is None:
-                relation = "SELECT seq, pos, listed_status, rec FROM recs_batch"
+                relation = f"SELECT seq, pos, listed_status, rec FROM {BATCH}.recs"
             else:
                 # Materialized first: inlined, DuckDB would re-evaluate the JSON the feed builds
                 # (e.g. json_merge_patch) for every use of ``rec`` below, and hold each result.
-                batch_sql = _over_batch(spec.records_sql, self.batch_tables)
-                self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {batch_sql}")
+                with self._batch_scope():
+                    self.con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {spec.records_sql}")
                 relation = "SELECT * FROM records_batch"
             self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed)
 
@@ -299,17 +389,14 @@ class StreamLoad:
         retries: int = 0,
         warnings: list[str] | None = None,
         full_walk: bool = False,
-        business_sql: str | None = None,
-        after_merge: Callable[[duckdb.DuckDBPyConnection, datetime], None] | None = None,
-        before_merge: Callable[[duckdb.DuckDBPyConnection, datetime], None] | None = None,
+        steps: Sequence[CommitStep] = (),
     ) -> LoadResult:
         """Type, validate and merge everything staged, in one warehouse transaction.
 
-        ``after_merge(con, now)`` runs inside that transaction after the tables are merged, for a
-        feed's own set-based statements (e.g. stamping ``last_checked_at`` on polled rows); it may
-        read the staging tables ``cur_<table>`` and must write only to ``wh.main.*``.
-        ``before_merge(con, now)`` is the same, run in that transaction before the tables are
-        merged (e.g. re-keying warehouse rows so the merge matches them to this run's records).
+        ``steps`` are the feed's own set-based writes (:class:`CommitStep`), run by name in that
+        same transaction: the ``before_merge`` ones before the tables are merged, the others after.
+        What they report (records they quarantined, metrics) is added to the result here, so the
+        run's log in ``sync_runs`` counts them too.
         """
         self.flush()
         assert self.con is not None
@@ -327,24 +414,29 @@ class StreamLoad:
             result = LoadResult(self.stream, now)
             con.execute("BEGIN TRANSACTION")
             try:
-                if before_merge is not None:
-                    before_merge(con, now)
+                before = [self._run_step(s, now) for s in steps if s.before_merge]
                 for spec in self.specs:
                     result.tables[spec.table] = self._merge_table(spec, now)
-                if after_merge is not None:
-                    after_merge(con, now)
+                after = [self._run_step(s, now) for s in steps if not s.before_merge]
+                for outcome in (*before, *after):
+                    result.primary.quarantined += outcome.quarantined
+                    result.business.update(outcome.metrics)
                 self._write_state(cursor, now, full_walk)
                 self._write_run(result, mode, started_at, requests, retries, warnings or [])
-                if business_sql:
-                    cur = con.execute(business_sql.replace("{wh}", f"{WH}.main"))
-                    row = cur.fetchone()
-                    names = [d[0] for d in cur.description]
-                    result.business = {n: float(v) for n, v in zip(names, row or []) if v is not None}
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
         return result
+
+    def _run_step(self, step: CommitStep, now: datetime) -> StepResult:
+        assert self.con is not None
+        try:
+            outcome = step.run(self.con, now)
+        except Exception as exc:
+            exc.add_note(f"in commit step {step.name!r} of stream {self.stream}")
+            raise
+        return outcome if outcome is not None else StepResult()
 
     def _observation_time(self) -> datetime:
         """Now, but never before the last committed sync (keeps history intervals ordered)."""
@@ -366,17 +458,12 @@ class StreamLoad:
         # Records with a field of the wrong type: quarantined with the reason, never coerced.
         res.quarantined = con.execute(f"SELECT count(*) FROM {typed} WHERE _reason IS NOT NULL").fetchone()[0]
         if res.quarantined:
-            con.execute(
-                f"""
-                MERGE INTO {WH}.main.quarantine AS q
-                USING (SELECT DISTINCT ON (row_hash) row_hash, entity_id, _reason, raw
-                       FROM {typed} WHERE _reason IS NOT NULL) AS s
-                ON q.stream = ? AND q.row_hash = s.row_hash
-                WHEN MATCHED THEN UPDATE SET last_seen_at = ?, run_id = ?
-                WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
-                    VALUES (?, s.row_hash, s.entity_id, s._reason, s.raw, ?, ?, ?)
-                """,
-                [spec.table, now, self.run_id, spec.table, now, now, self.run_id],
+            merge_quarantine(
+                con,
+                spec.table,
+                f"SELECT row_hash, entity_id, _reason AS reason, raw FROM {typed} WHERE _reason IS NOT NULL",
+                now=now,
+                run_id=self.run_id,
             )
 
         key_join = _key_join(spec, "t", "c")
@@ -546,24 +633,6 @@ class StreamLoad:
 def _key_join(spec: TableSpec, left: str, right: str) -> str:
     """``left.k = right.k AND ...`` over the spec's key columns."""
     return " AND ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in spec.key)
-
-
-def _batch_names(batch_tables: dict[str, str] | None) -> str:
-    return "|".join(["recs", *(re.escape(n) for n in (batch_tables or {}))])
-
-
-def _reads_recs(spec: TableSpec, batch_tables: dict[str, str] | None = None) -> bool:
-    """Whether a spec's records come from the staged pages, directly or through a table derived
-    batch by batch (then they are typed batch by batch too)."""
-    if spec.records_sql is None:
-        return True
-    return re.search(rf"\b({_batch_names(batch_tables)})\b", spec.records_sql) is not None
-
-
-def _over_batch(relation_sql: str, batch_tables: dict[str, str] | None = None) -> str:
-    """``relation_sql`` (a query over ``recs`` or the ``batch_tables``) restricted to the current
-    batch: each of those tables is replaced by its ``<name>_batch``."""
-    return re.sub(rf"\b({_batch_names(batch_tables)})\b", r"\1_batch", relation_sql)
 
 
 def _dedupe_sql(spec: TableSpec) -> str:

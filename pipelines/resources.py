@@ -6,40 +6,34 @@ so a partial setup (only some networks) still runs.
 """
 
 
-import os
 from collections.abc import Callable
 from typing import ClassVar
 
 import dagster as dg
 from pydantic import Field as PydanticField
 
-from pipelines.config_check import config_problems
+from pipelines import settings
 from pipelines.http import ApiClient, RateLimiter, Redactor, RetryPolicy
 from pipelines.warehouse import Warehouse
 
 WRITER_POOL = "duckdb_writer"
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-
-
 def retry_policy_from_env() -> RetryPolicy:
-    """HTTP_TIMEOUT_SECONDS, HTTP_MAX_ATTEMPTS, HTTP_BACKOFF_BASE_SECONDS, HTTP_MAX_RETRY_AFTER_SECONDS."""
-    problems = [p for p in config_problems() if p.startswith("HTTP_")]
-    if problems:  # e.g. a negative timeout would fail deep inside the socket layer
-        raise ValueError("; ".join(problems))
+    """HTTP_TIMEOUT_SECONDS, HTTP_MAX_ATTEMPTS, HTTP_BACKOFF_BASE_SECONDS, HTTP_MAX_RETRY_AFTER_SECONDS.
+
+    Each is checked here too (runs launched from the UI skip the CLI's check): a negative timeout
+    would otherwise fail deep inside the socket layer without naming the variable.
+    """
+    names = ("HTTP_MAX_ATTEMPTS", "HTTP_BACKOFF_BASE_SECONDS", "HTTP_TIMEOUT_SECONDS", "HTTP_MAX_RETRY_AFTER_SECONDS")
+    found = [p for p in settings.problems() if p.split("=", 1)[0] in names]
+    if found:
+        raise ValueError("; ".join(found))
     return RetryPolicy(
-        max_attempts=int(_float_env("HTTP_MAX_ATTEMPTS", 6)),
-        backoff_base=_float_env("HTTP_BACKOFF_BASE_SECONDS", 0.5),
-        timeout=_float_env("HTTP_TIMEOUT_SECONDS", 60),
-        max_retry_after=_float_env("HTTP_MAX_RETRY_AFTER_SECONDS", 300),
+        max_attempts=settings.value("HTTP_MAX_ATTEMPTS"),
+        backoff_base=settings.value("HTTP_BACKOFF_BASE_SECONDS"),
+        timeout=settings.value("HTTP_TIMEOUT_SECONDS"),
+        max_retry_after=settings.value("HTTP_MAX_RETRY_AFTER_SECONDS"),
     )
 
 
@@ -55,8 +49,8 @@ class NotConfigured(Exception):
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse (``WAREHOUSE_PATH``: a file, ``md:<db>`` or ``ducklake:<catalog>``)."""
 
-    path: str = PydanticField(default="data/warehouse.duckdb", description="WAREHOUSE_PATH")
-    memory_limit: str = "160MB"
+    path: str = PydanticField(default=settings.DEFAULTS["WAREHOUSE_PATH"], description="WAREHOUSE_PATH")
+    memory_limit: str = settings.DEFAULTS["WAREHOUSE_MEMORY_LIMIT"]
     threads: int = 2
     lock_timeout_seconds: float = 600.0
 
@@ -74,7 +68,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
 class _ApiResource(dg.ConfigurableResource):
     base_url: str
-    max_concurrency: int = 4
+    max_concurrency: int = settings.DEFAULTS["CPAMOE_CONCURRENCY"]  # the same default for every API
     page_size: int = 0  # 0: the API's maximum
 
     source_name: ClassVar[str] = ""
@@ -117,8 +111,8 @@ class OnlyTrafficMarketerResource(_ApiResource):
 
     api_key: str | None = None
     base_url_var: ClassVar[str] = "ONLYTRAFFIC_MARKETER_BASE_URL"
-    source_name: ClassVar[str] = "OnlyTraffic Marketer API"
-    credential_vars: ClassVar[tuple[str, ...]] = ("ONLYTRAFFIC_MARKETER_API_KEY",)
+    source_name: ClassVar[str] = settings.MARKETER.source
+    credential_vars: ClassVar[tuple[str, ...]] = settings.MARKETER.variables
 
     def credentials(self) -> dict[str, str | None]:
         return {"api_key": self.api_key}
@@ -139,8 +133,8 @@ class OnlyTrafficStudioResource(_ApiResource):
 
     api_key: str | None = None
     base_url_var: ClassVar[str] = "ONLYTRAFFIC_STUDIO_BASE_URL"
-    source_name: ClassVar[str] = "OnlyTraffic Studio API"
-    credential_vars: ClassVar[tuple[str, ...]] = ("ONLYTRAFFIC_STUDIO_API_KEY",)
+    source_name: ClassVar[str] = settings.STUDIO.source
+    credential_vars: ClassVar[tuple[str, ...]] = settings.STUDIO.variables
 
     def credentials(self) -> dict[str, str | None]:
         return {"api_key": self.api_key}
@@ -165,10 +159,10 @@ class CpamoeResource(_ApiResource):
 
     user_id: str | None = None
     api_key: str | None = None
-    leads_dir: str = "data/cpamoe_leads"
+    leads_dir: str = settings.DEFAULTS["CPAMOE_LEADS_DIR"]
     base_url_var: ClassVar[str] = "CPAMOE_BASE_URL"
-    source_name: ClassVar[str] = "cpa.moe affiliate API"
-    credential_vars: ClassVar[tuple[str, ...]] = ("CPAMOE_USER_ID", "CPAMOE_API_KEY")
+    source_name: ClassVar[str] = settings.CPAMOE.source
+    credential_vars: ClassVar[tuple[str, ...]] = settings.CPAMOE.variables
 
     def credentials(self) -> dict[str, str | None]:
         return {"user_id": self.user_id, "api_key": self.api_key}
@@ -199,11 +193,11 @@ class MetapicResource(_ApiResource):
 
     access_token: str | None = None
     user_id: str | None = None
-    rate_limit: int = 300
-    rate_window_seconds: float = 60.0
+    rate_limit: int = settings.DEFAULTS["METAPIC_RATE_LIMIT"]
+    rate_window_seconds: float = settings.DEFAULTS["METAPIC_RATE_WINDOW_SECONDS"]
     base_url_var: ClassVar[str] = "METAPIC_BASE_URL"
-    source_name: ClassVar[str] = "Metapic API v2"
-    credential_vars: ClassVar[tuple[str, ...]] = ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
+    source_name: ClassVar[str] = settings.METAPIC.source
+    credential_vars: ClassVar[tuple[str, ...]] = settings.METAPIC.variables
 
     def credentials(self) -> dict[str, str | None]:
         return {"access_token": self.access_token, "user_id": self.user_id}
@@ -235,5 +229,49 @@ __all__ = [
     "RateLimiter",
     "WRITER_POOL",
     "WarehouseResource",
+    "resources_from_env",
     "retry_policy_from_env",
 ]
+
+
+def _secret(name: str) -> dg.EnvVar | None:
+    """The variable as an EnvVar (resolved at run time, never displayed), or None when unset."""
+    return dg.EnvVar(name) if settings.value(name) else None
+
+
+def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    """Every resource from the current environment, with the defaults and checks of
+    :class:`pipelines.settings.Settings` (a bad number fails naming its variable). Base URLs and
+    HTTP settings are checked when a client is built, so a run names them too."""
+    v = settings.value
+    return {
+        "warehouse": WarehouseResource(path=settings.env("WAREHOUSE_PATH"), memory_limit=v("WAREHOUSE_MEMORY_LIMIT")),
+        "onlytraffic_marketer": OnlyTrafficMarketerResource(
+            base_url=settings.env("ONLYTRAFFIC_MARKETER_BASE_URL"),
+            api_key=_secret("ONLYTRAFFIC_MARKETER_API_KEY"),
+            max_concurrency=v("ONLYTRAFFIC_MARKETER_CONCURRENCY"),
+            page_size=v("ONLYTRAFFIC_MARKETER_PAGE_SIZE"),
+        ),
+        "onlytraffic_studio": OnlyTrafficStudioResource(
+            base_url=settings.env("ONLYTRAFFIC_STUDIO_BASE_URL"),
+            api_key=_secret("ONLYTRAFFIC_STUDIO_API_KEY"),
+            max_concurrency=v("ONLYTRAFFIC_STUDIO_CONCURRENCY"),
+            page_size=v("ONLYTRAFFIC_STUDIO_PAGE_SIZE"),
+        ),
+        "cpamoe": CpamoeResource(
+            base_url=settings.env("CPAMOE_BASE_URL"),
+            user_id=v("CPAMOE_USER_ID"),
+            api_key=_secret("CPAMOE_API_KEY"),
+            leads_dir=settings.env("CPAMOE_LEADS_DIR"),
+            max_concurrency=v("CPAMOE_CONCURRENCY"),
+        ),
+        "metapic": MetapicResource(
+            base_url=settings.env("METAPIC_BASE_URL"),
+            access_token=_secret("METAPIC_ACCESS_TOKEN"),
+            user_id=v("METAPIC_USER_ID"),
+            max_concurrency=v("METAPIC_CONCURRENCY"),
+            page_size=v("METAPIC_PAGE_SIZE"),
+            rate_limit=v("METAPIC_RATE_LIMIT"),
+            rate_window_seconds=v("METAPIC_RATE_WINDOW_SECONDS"),
+        ),
+    }

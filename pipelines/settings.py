@@ -1,27 +1,319 @@
-"""Every environment variable the project reads, with its default, in one place.
+"""Every environment variable the project reads, declared once in a typed model.
 
-The README's configuration table mirrors this module. ``.env`` in the working directory is loaded
-(without overriding variables already set) by the CLI; ``dg dev`` loads it too.
+:class:`Settings` is the one declaration: each field names its variable (the alias), its default,
+what it means and how it is checked. From it come the defaults (:func:`env`, :func:`value`), the
+one-sentence problems the CLI stops on (:func:`problems`, used by :mod:`pipelines.config_check`),
+the credential groups of the sources, and the README's configuration tables (:func:`readme_tables`;
+``python -m pipelines.settings`` prints them, a test holds the README equal to them).
+
+``.env`` in the working directory is loaded (without overriding variables already set) by the CLI
+and by the definitions; ``dg dev`` loads it too. An empty variable counts as unset.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from dotenv import load_dotenv
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
-DEFAULTS: dict[str, str] = {
-    "WAREHOUSE_PATH": "data/warehouse.duckdb",
-    "ONLYTRAFFIC_MARKETER_BASE_URL": "https://onlytraffic.com",
-    "ONLYTRAFFIC_STUDIO_BASE_URL": "https://studio-api.onlytraffic.com/api/external/v1",
-    "CPAMOE_BASE_URL": "https://api.cpa.moe",
-    "METAPIC_BASE_URL": "https://api.metapic.dev",
-    "CPAMOE_LEADS_DIR": "data/cpamoe_leads",
-    "SWAP_PARTITIONS_START": "2025-01-01",
-    "METAPIC_PARTITIONS_START": "2025-01-01",
+# -- checks: each raises ValueError with the end of the sentence "<NAME>=<value> ..." ----------
+
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def _base_url(raw: Any) -> str:
+    raw = str(raw)
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("is not an http:// or https:// URL (e.g. https://api.example.com)")
+    host = parts.netloc.rsplit("@", 1)[-1].rsplit(":", 1)[0] if not parts.netloc.endswith("]") else parts.netloc
+    if not _HOST.fullmatch(host):
+        raise ValueError("has no valid host name")
+    return raw
+
+
+def _number(minimum: float, *, whole: bool, exclusive: bool = False) -> Callable[[Any], float | int]:
+    def check(raw: Any) -> float | int:
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"is not a {'whole number' if whole else 'number'}") from None
+        if whole and not number.is_integer():
+            raise ValueError("is not a whole number")
+        if number < minimum or (exclusive and number == minimum):
+            raise ValueError(f"must be more than {minimum:g}" if exclusive else f"must be at least {minimum:g}")
+        return int(number) if whole else number
+
+    return check
+
+
+def _day(raw: Any) -> str:
+    try:
+        date.fromisoformat(str(raw))
+    except ValueError:
+        raise ValueError("is not a date (YYYY-MM-DD)") from None
+    return str(raw)
+
+
+def _timestamp(raw: Any) -> str:
+    try:
+        datetime.fromisoformat(str(raw))
+    except ValueError:
+        raise ValueError("is not an ISO-8601 timestamp (e.g. 2026-01-31T12:00:00Z)") from None
+    return str(raw)
+
+
+def _scale(raw: Any) -> str:
+    from pipelines.sandbox.world import SCALES  # the sandbox's presets are the one list
+
+    if raw not in SCALES:
+        raise ValueError(f"is not one of {', '.join(SCALES)}")
+    return str(raw)
+
+
+BaseUrl = Annotated[str, BeforeValidator(_base_url)]
+Concurrency = Annotated[int, BeforeValidator(_number(1, whole=True))]
+PageSize = Annotated[int, BeforeValidator(_number(0, whole=True))]
+Day = Annotated[str, BeforeValidator(_day)]
+Timestamp = Annotated[str, BeforeValidator(_timestamp)]
+
+CONNECTION = "connection"  # the README's first table: where to read and write, credentials
+TUNING = "tuning"  # the README's second table: all optional
+
+
+def setting(
+    variable: str,
+    default: Any,
+    meaning: str,
+    *,
+    group: str = CONNECTION,
+    secret: bool = False,
+    credential_of: str | None = None,
+    unset: str = "none",
+) -> Any:
+    """A field of :class:`Settings`: ``variable`` is its environment variable, ``unset`` what the
+    README says when it has no default, ``credential_of`` the source it is a credential of."""
+    extra = {"group": group, "secret": secret, "credential_of": credential_of, "unset": unset}
+    return Field(default=default, alias=variable, description=meaning, json_schema_extra=extra)
+
+
+MARKETER_API = "OnlyTraffic Marketer API"
+STUDIO_API = "OnlyTraffic Studio API"
+CPAMOE_API = "cpa.moe affiliate API"
+METAPIC_API = "Metapic API v2"
+
+
+class Settings(BaseModel):
+    """Every setting, typed and checked; field order is the README's row order."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    warehouse_path: str = setting(
+        "WAREHOUSE_PATH", "data/warehouse.duckdb",
+        "the DuckDB warehouse: a file path, or `md:<db>` (MotherDuck) / `ducklake:<catalog>`",
+    )
+    onlytraffic_marketer_base_url: BaseUrl = setting(
+        "ONLYTRAFFIC_MARKETER_BASE_URL", "https://onlytraffic.com", "prefix of `/api/marketer/...`"
+    )
+    onlytraffic_marketer_api_key: str | None = setting(
+        "ONLYTRAFFIC_MARKETER_API_KEY", None, "marketer key (`Authorization` header)",
+        secret=True, credential_of=MARKETER_API,
+    )
+    onlytraffic_studio_base_url: BaseUrl = setting(
+        "ONLYTRAFFIC_STUDIO_BASE_URL", "https://studio-api.onlytraffic.com/api/external/v1", "prefix of `/swaps/orders`"
+    )
+    onlytraffic_studio_api_key: str | None = setting(
+        "ONLYTRAFFIC_STUDIO_API_KEY", None, "studio key (`X-API-Key`)", secret=True, credential_of=STUDIO_API
+    )
+    cpamoe_base_url: BaseUrl = setting("CPAMOE_BASE_URL", "https://api.cpa.moe", "prefix of `/ext/list.json`")
+    cpamoe_user_id: str | None = setting(
+        "CPAMOE_USER_ID", None, "cpa.moe user id (the `{user}` of `id={user}-{key}`)", credential_of=CPAMOE_API
+    )
+    cpamoe_api_key: str | None = setting(
+        "CPAMOE_API_KEY", None, "cpa.moe API key (the `{key}`)", secret=True, credential_of=CPAMOE_API
+    )
+    cpamoe_leads_dir: str = setting(
+        "CPAMOE_LEADS_DIR", "data/cpamoe_leads",
+        "folder of CSV files registering the leads we submitted (column `id`, optional `offer`, `submitted_at`)",
+    )
+    cpamoe_payouts_file: str | None = setting(
+        "CPAMOE_PAYOUTS_FILE", None,
+        "CSV `offer,amount,currency`: what an approved lead of each offer pays (for `v_earnings`)",
+        unset="unset (cpa.moe earnings NULL)",
+    )
+    metapic_base_url: BaseUrl = setting("METAPIC_BASE_URL", "https://api.metapic.dev", "prefix of `/v2/...`")
+    metapic_access_token: str | None = setting(
+        "METAPIC_ACCESS_TOKEN", None, "Metapic token (`Authorization` header)", secret=True, credential_of=METAPIC_API
+    )
+    metapic_user_id: str | None = setting(
+        "METAPIC_USER_ID", None, "Metapic user id, sent as `created_by`", credential_of=METAPIC_API
+    )
+
+    onlytraffic_marketer_concurrency: Concurrency = setting(
+        "ONLYTRAFFIC_MARKETER_CONCURRENCY", 4, "requests in flight at once to the Marketer API", group=TUNING
+    )
+    onlytraffic_studio_concurrency: Concurrency = setting(
+        "ONLYTRAFFIC_STUDIO_CONCURRENCY", 4, "requests in flight at once to the Studio API", group=TUNING
+    )
+    cpamoe_concurrency: Concurrency = setting(
+        "CPAMOE_CONCURRENCY", 4, "requests in flight at once to cpa.moe", group=TUNING
+    )
+    metapic_concurrency: Concurrency = setting(
+        "METAPIC_CONCURRENCY", 4, "requests in flight at once to Metapic", group=TUNING
+    )
+    onlytraffic_marketer_page_size: PageSize = setting(
+        "ONLYTRAFFIC_MARKETER_PAGE_SIZE", 0, "Marketer page size (0 = the API's maximum: 1000)", group=TUNING
+    )
+    onlytraffic_studio_page_size: PageSize = setting(
+        "ONLYTRAFFIC_STUDIO_PAGE_SIZE", 0, "Studio page size (0 = the API's maximum: 100)", group=TUNING
+    )
+    metapic_page_size: PageSize = setting(
+        "METAPIC_PAGE_SIZE", 0, "Metapic page size (0 = the API's maximum: 100)", group=TUNING
+    )
+    metapic_rate_limit: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
+        "METAPIC_RATE_LIMIT", 300,
+        "Metapic requests per window, shared by every client of a process (documented: 300)", group=TUNING,
+    )
+    metapic_rate_window_seconds: Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))] = setting(
+        "METAPIC_RATE_WINDOW_SECONDS", 60.0, "the window of `METAPIC_RATE_LIMIT`, in seconds", group=TUNING
+    )
+    swap_partitions_start: Day = setting(
+        "SWAP_PARTITIONS_START", "2025-01-01", "first day of the daily partitions of swap orders (by created day)",
+        group=TUNING,
+    )
+    metapic_partitions_start: Day = setting(
+        "METAPIC_PARTITIONS_START", "2025-01-01", "first day of the daily partitions of Metapic participant daily stats",
+        group=TUNING,
+    )
+    http_timeout_seconds: Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))] = setting(
+        "HTTP_TIMEOUT_SECONDS", 60.0, "per-request timeout", group=TUNING
+    )
+    http_max_attempts: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
+        "HTTP_MAX_ATTEMPTS", 6, "attempts per request before the asset fails", group=TUNING
+    )
+    http_backoff_base_seconds: Annotated[float, BeforeValidator(_number(0, whole=False))] = setting(
+        "HTTP_BACKOFF_BASE_SECONDS", 0.5, "first backoff ceiling (doubles per attempt, full jitter, max 30 s)",
+        group=TUNING,
+    )
+    http_max_retry_after_seconds: Annotated[float, BeforeValidator(_number(0, whole=False))] = setting(
+        "HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, "longest `Retry-After` honoured; a longer one fails the request",
+        group=TUNING,
+    )
+    warehouse_memory_limit: str = setting(
+        "WAREHOUSE_MEMORY_LIMIT", "160MB",
+        "DuckDB memory limit of each DuckDB instance a sync opens (one per lane, see *Feeds run in two lanes*; "
+        "beyond it DuckDB spills to `.staging/` next to the warehouse; raise it if a very large first sync "
+        'reports "Out of Memory")',
+        group=TUNING,
+    )
+    dagster_home: str = setting(
+        "DAGSTER_HOME", ".dagster_home", "Dagster instance folder (runs, schedules); `dagster.yaml` is copied there",
+        group=TUNING,
+    )
+    dagster_ui_port: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
+        "DAGSTER_UI_PORT", 3000, "port of `make ui` / `affwh ui`", group=TUNING
+    )
+    sandbox_scale: Annotated[str, BeforeValidator(_scale)] = setting(
+        "SANDBOX_SCALE", "small",
+        "sandbox world size for `make run`/`make ui` without credentials: `tiny`, `small`, `medium`, `large`",
+        group=TUNING,
+    )
+    warehouse_now: Timestamp | None = setting(
+        "WAREHOUSE_NOW", None,
+        "freeze the warehouse clock (ISO-8601) — for tests and replays only; wins over `WAREHOUSE_CLOCK_URL`",
+        group=TUNING, unset="unset",
+    )
+    warehouse_clock_url: str | None = setting(
+        "WAREHOUSE_CLOCK_URL", None,
+        "follow this clock (`GET` answering `{\"now\": ISO-8601}`, read at most once a second; unreachable = "
+        "error) instead of the wall clock; `make run`/`make ui` set it to the built-in sandbox's `/_sandbox/clock`",
+        group=TUNING, unset="unset (wall clock)",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``environ`` (default: the process environment); ValueError naming
+        every bad variable, one sentence each, when any is unusable."""
+        found = problems(environ)
+        if found:
+            raise ValueError("; ".join(found))
+        return cls.model_validate(_given(environ))
+
+
+# -- derived from the model ----------------------------------------------------------------------
+
+FIELDS = {info.alias: info for info in Settings.model_fields.values()}
+VARIABLES: tuple[str, ...] = tuple(FIELDS)
+DEFAULTS: dict[str, Any] = {name: info.default for name, info in FIELDS.items() if info.default is not None}
+_ADAPTERS = {
+    name: TypeAdapter(Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation)
+    for name, info in FIELDS.items()
 }
+
+
+def _extra(name: str) -> dict[str, Any]:
+    return FIELDS[name].json_schema_extra  # type: ignore[return-value]
+
+
+SECRET_VARIABLES: tuple[str, ...] = tuple(n for n in VARIABLES if _extra(n)["secret"])
+
+
+def _given(environ: Mapping[str, str] | None) -> dict[str, str]:
+    """The variables set (non-empty, trimmed) in ``environ``."""
+    environ = os.environ if environ is None else environ
+    return {name: raw for name in VARIABLES if (raw := (environ.get(name) or "").strip())}
+
+
+def problems(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every set variable that cannot work, one sentence each, naming it (empty when all are usable)."""
+    found = []
+    for name, raw in _given(environ).items():
+        try:
+            _ADAPTERS[name].validate_python(raw)
+        except ValidationError as exc:
+            found.append(f"{name}={raw!r} {_reason(exc)}")
+    return found
+
+
+def _reason(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    return str(cause) if cause is not None else error["msg"]
+
+
+def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting, typed (its default when unset); ValueError naming the variable when unusable."""
+    raw = _given(environ).get(name)
+    if raw is None:
+        return FIELDS[name].default
+    try:
+        return _ADAPTERS[name].validate_python(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{name}={raw!r} {_reason(exc)}") from None
+
+
+def env(name: str) -> str:
+    """The raw value of a variable, falling back to its documented default ('' when it has none)."""
+    raw = os.environ.get(name)
+    if raw:
+        return raw
+    default = FIELDS[name].default if name in FIELDS else None
+    return "" if default is None else str(default)
+
+
+# -- credentials -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -35,18 +327,15 @@ class SourceCredentials:
         return [v for v in self.variables if not os.environ.get(v)]
 
 
-MARKETER = SourceCredentials("OnlyTraffic Marketer API", ("ONLYTRAFFIC_MARKETER_API_KEY",))
-STUDIO = SourceCredentials("OnlyTraffic Studio API", ("ONLYTRAFFIC_STUDIO_API_KEY",))
-CPAMOE = SourceCredentials("cpa.moe affiliate API", ("CPAMOE_USER_ID", "CPAMOE_API_KEY"))
-METAPIC = SourceCredentials("Metapic API v2", ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID"))
-ALL_SOURCES = (MARKETER, STUDIO, CPAMOE, METAPIC)
+def _credentials(source: str) -> SourceCredentials:
+    return SourceCredentials(source, tuple(n for n in VARIABLES if _extra(n)["credential_of"] == source))
 
-SECRET_VARIABLES = (
-    "ONLYTRAFFIC_MARKETER_API_KEY",
-    "ONLYTRAFFIC_STUDIO_API_KEY",
-    "CPAMOE_API_KEY",
-    "METAPIC_ACCESS_TOKEN",
-)
+
+MARKETER = _credentials(MARKETER_API)
+STUDIO = _credentials(STUDIO_API)
+CPAMOE = _credentials(CPAMOE_API)
+METAPIC = _credentials(METAPIC_API)
+ALL_SOURCES = (MARKETER, STUDIO, CPAMOE, METAPIC)
 
 
 def load_env_file(path: str | Path = ".env") -> None:
@@ -54,13 +343,40 @@ def load_env_file(path: str | Path = ".env") -> None:
     load_dotenv(path, override=False)
 
 
-def env(name: str) -> str:
-    """The value of a variable, falling back to its documented default ('' when it has none)."""
-    value = os.environ.get(name)
-    if value:
-        return value
-    return DEFAULTS.get(name, "")
-
-
 def any_credentials_set() -> bool:
     return any(os.environ.get(v) for s in ALL_SOURCES for v in s.variables)
+
+
+# -- the README ----------------------------------------------------------------------------------
+
+
+def _default_text(name: str) -> str:
+    default = FIELDS[name].default
+    if default is None:
+        return _extra(name)["unset"]
+    if isinstance(default, str):
+        return f"`{default}`"
+    return f"{default:g}"
+
+
+def readme_table(group: str) -> str:
+    """The README's markdown table of one group of settings."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [
+        f"| `{name}` | {FIELDS[name].description} | {_default_text(name)} |"
+        for name in VARIABLES
+        if _extra(name)["group"] == group
+    ]
+    return "\n".join(rows)
+
+
+def readme_tables() -> str:
+    """Both configuration tables, as the README's Configuration section shows them."""
+    return (
+        "Environment variables (a `.env` file in the project root is read too; variables already set win):\n\n"
+        f"{readme_table(CONNECTION)}\n\nTuning (all optional):\n\n{readme_table(TUNING)}\n"
+    )
+
+
+if __name__ == "__main__":
+    print(readme_tables(), end="")

@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from models.status import STATUS_MAPPINGS, TERMINAL_STATUSES, status_case_sql
+from models.status import status_case_sql, terminal_raw_statuses
 
 # JSON types DuckDB's json_type() reports, per field kind.
 _INTS = ("BIGINT", "UBIGINT")
@@ -56,7 +56,10 @@ class TableSpec:
     the staged ``recs`` table producing this table's records (default: the records themselves),
     which lets a child table unnest parts of its parent. ``update_columns``: columns a re-read may
     overwrite (default: all), so a feed can refresh status columns without clobbering columns that
-    came from elsewhere.
+    came from elsewhere. ``step_columns``: the table's columns that no record fills but a feed's
+    named commit step writes (``found``, ``last_checked_at``...); with ``fields`` and the entity
+    bookkeeping columns they are the table's columns, which ``tests/test_models.py`` holds equal
+    to the SQLAlchemy table in ``models/``.
     """
 
     table: str
@@ -68,6 +71,7 @@ class TableSpec:
     records_sql: str | None = None
     update_columns: tuple[str, ...] | None = None
     initial_statuses: frozenset[str] = field(default_factory=lambda: frozenset({"pending"}))
+    step_columns: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -85,7 +89,7 @@ class TableSpec:
     def terminal_raw_statuses(self) -> list[str]:
         if not self.source:
             return []
-        return [raw for raw, canon in STATUS_MAPPINGS[self.source].items() if canon.value in TERMINAL_STATUSES]
+        return list(terminal_raw_statuses(self.source))
 
 
 def _q(identifier: str) -> str:

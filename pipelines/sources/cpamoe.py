@@ -37,23 +37,23 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
 
+from models.status import final_raw_statuses
 from pipelines.clock import utc_now
 from pipelines.fetch import Emit, run_producers
 from pipelines.http import ApiClient, ApiError, AuthError
-from pipelines.loader import Page, StreamLoad
+from pipelines.feeds.run import Fetched, SyncReport, run_stream
+from pipelines.loader import CommitStep, Page, StepResult, StreamLoad, merge_quarantine, summary_step
 from pipelines.sources.cpamoe_register import ID_PATTERN, MAX_ID_LENGTH, register_submitted_lead
 from pipelines.staging import Field, TableSpec
-from pipelines.sync import SyncReport
 from pipelines.warehouse import Warehouse
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ ADD_PATH = "/ext/add.json"
 LIST_PATH = "/ext/list.json"
 MAX_IDS_PER_REQUEST = 50  # "Better don't send more that 50 IDs in one request"
 LEADS_STREAM = "cpamoe_leads"
+LEADS_SOURCE = "cpamoe"  # status_history.source and STATUS_MAPPINGS key
 
 LogFn = Callable[[str], None]
 
@@ -120,7 +121,7 @@ REASON_NAMES: dict[int, str] = {
     15: "Offer disabled",
 }
 TRASH_REASONS = frozenset(code for code, name in REASON_NAMES.items() if name.endswith("(trash)"))
-FINAL_STAGES = ("cancel", "trash")
+FINAL_STAGES = final_raw_statuses(LEADS_SOURCE)  # cancel, trash (approve still moves: models.status)
 FINAL_STATUS_CODES = (10, 11, 12)
 # Customer data add.json accepts; removed from any record before it is stored.
 PERSONAL_FIELDS = ("phone", "email", "ip", "name", "ua", "addr", "street", "index")
@@ -276,7 +277,7 @@ _trash = ", ".join(str(c) for c in sorted(TRASH_REASONS))
 
 LEAD_STATUSES = TableSpec(
     table="cpamoe_leads",
-    source="cpamoe",
+    source=LEADS_SOURCE,
     key=("lead_id",),
     status_path="$.stage",  # falls back to listed_status = the last known stage
     created_field=None,
@@ -295,6 +296,8 @@ LEAD_STATUSES = TableSpec(
         Field("item_count", sql=_code("$.count")),
         Field("comment", sql=_text("$.comment")),
     ),
+    # found / not_found_at / last_checked_at: written by the poll's step "record found / not found"
+    step_columns=("found", "not_found_at", "last_checked_at"),
     # offer_id, submitted_at and registered_from belong to the register: never overwritten here
     update_columns=(
         "uid", "src", "stage", "stage_name", "status_code", "status_name", "reason_code",
@@ -314,34 +317,37 @@ FROM (SELECT p.lead_id, p.lead_id IN (SELECT matched_id FROM cpamoe_items WHERE 
 WHERE t.lead_id = s.lead_id
 """
 
-QUARANTINE_SQL = """
-MERGE INTO wh.main.quarantine AS q
-USING (SELECT DISTINCT ON (row_hash) md5(CAST(rec AS VARCHAR)) AS row_hash, returned_id, problem, rec
-       FROM cpamoe_items WHERE problem IS NOT NULL) AS s
-ON q.stream = $stream AND q.row_hash = s.row_hash
-WHEN MATCHED THEN UPDATE SET last_seen_at = $now, run_id = $run
-WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
-    VALUES ($stream, s.row_hash, s.returned_id, s.problem, s.rec, $now, $now, $run)
+# Records that cannot become a row (not a lead object, an id not asked for, a wrong JSON type).
+QUARANTINE_ROWS_SQL = """
+SELECT md5(CAST(rec AS VARCHAR)) AS row_hash, returned_id AS entity_id, problem AS reason, rec AS raw
+FROM cpamoe_items WHERE problem IS NOT NULL
 """
 
-BUSINESS_SQL = f"""
+SUMMARY_SQL = f"""
 SELECT (SELECT count(*) FROM polled) AS leads_polled,
        count(*) FILTER (WHERE found = false) AS leads_not_found,
        count(*) FILTER (WHERE NOT {is_final_sql()}) AS leads_open,
        count(*) FILTER (WHERE status = 'completed') AS leads_approved,
        (SELECT count(*) FROM cpamoe_items WHERE problem IS NOT NULL) AS records_quarantined
-FROM {{wh}}.cpamoe_leads
+FROM wh.main.cpamoe_leads
 """
 
 
-def _after_poll(run_id: str) -> Callable[[duckdb.DuckDBPyConnection, datetime], None]:
-    """In the commit transaction: found / not found, last_checked_at, unmatched records."""
+def poll_steps(run_id: str, quarantined: int) -> list[CommitStep]:
+    """The poll's own writes, in the commit's transaction after the merge."""
 
-    def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    def record_found(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
         con.execute(FOUND_SQL, {"now": now, "run": run_id})
-        con.execute(QUARANTINE_SQL, {"now": now, "run": run_id, "stream": LEADS_STREAM})
 
-    return after_merge
+    def quarantine_unmatched(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        merge_quarantine(con, LEADS_STREAM, QUARANTINE_ROWS_SQL, now=now, run_id=run_id)
+        return StepResult(quarantined=quarantined)  # every such record, repeats included
+
+    return [
+        CommitStep("record found / not found and last_checked_at", record_found),
+        CommitStep("quarantine records that are not leads we asked for", quarantine_unmatched),
+        summary_step(SUMMARY_SQL),
+    ]
 
 
 class IdBatches:
@@ -402,19 +408,9 @@ def sync_lead_statuses(
     on_progress: Callable[[str, int], None] | None = None,
 ) -> SyncReport:
     """Poll the statuses of our leads that are not final (all leads with ``full_refresh``)."""
-    started, started_at = time.monotonic(), datetime.now(UTC)
     mode = "full" if full_refresh else "incremental"
-    with StreamLoad(
-        warehouse,
-        LEADS_STREAM,
-        [LEAD_STATUSES],
-        run_id=run_id,
-        batch_tables={"cpamoe_items": ITEMS_SQL},
-        # small records (a lead's status): larger batches, so fewer joins with ``polled``
-        batch_records=5000,
-        batch_pages=100,
-        on_progress=on_progress,
-    ) as load:
+
+    def fetch(load: StreamLoad) -> Fetched:
         assert load.con is not None
         load.read_state({"polled": polled_snapshot_sql(full_refresh)})
         total = load.query("SELECT count(*) FROM polled")[0][0]
@@ -433,29 +429,27 @@ def sync_lead_statuses(
             batches.close()
         load.flush()
         quarantined = load.con.execute("SELECT count(*) FROM cpamoe_items WHERE problem IS NOT NULL").fetchone()[0]
-        warnings = _poll_warnings(load.con)
-        for warning in warnings:
-            log(f"warning: {warning}")
-        result = load.commit(
+        return Fetched(
             cursor={"leads_polled": total},
             mode=mode,
-            started_at=started_at,
-            requests=client.stats.requests,
-            retries=client.stats.retries,
-            warnings=warnings,
+            warnings=_poll_warnings(load.con),
             full_walk=full_refresh,
-            business_sql=BUSINESS_SQL,
-            after_merge=_after_poll(run_id),
+            steps=poll_steps(run_id, quarantined),
         )
-        result.primary.quarantined += quarantined  # written by after_merge, not by the spec
-    return SyncReport(
+
+    return run_stream(
+        warehouse=warehouse,
         stream=LEADS_STREAM,
-        mode=mode,
-        result=result,
-        requests=client.stats.requests,
-        retries=client.stats.retries,
-        seconds=time.monotonic() - started,
-        warnings=warnings,
+        specs=[LEAD_STATUSES],
+        run_id=run_id,
+        fetch=fetch,
+        client=client,
+        log=log,
+        batch_tables={"cpamoe_items": ITEMS_SQL},
+        # small records (a lead's status): larger batches, so fewer joins with ``polled``
+        batch_records=5000,
+        batch_pages=100,
+        on_progress=on_progress,
     )
 
 

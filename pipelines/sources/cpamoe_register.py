@@ -34,7 +34,6 @@ import csv
 import hashlib
 import io
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,9 +42,9 @@ from typing import Any
 
 import duckdb
 
-from pipelines.loader import StreamLoad
+from pipelines.feeds.run import Fetched, SyncReport, run_stream
+from pipelines.loader import CommitStep, StreamLoad
 from pipelines.staging import Field, TableSpec
-from pipelines.sync import SyncReport
 from pipelines.warehouse import Warehouse
 
 REGISTER_STREAM = "cpamoe_lead_files"
@@ -295,8 +294,8 @@ GROUP BY ALL
 """
 
 
-def _write_files(run_id: str) -> Callable[[duckdb.DuckDBPyConnection, datetime], None]:
-    """after_merge: record the files and their rejected lines in the same transaction."""
+def _write_files(run_id: str) -> CommitStep:
+    """Record the files and their rejected lines in the register's commit transaction."""
 
     def write(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
         params = {"now": now, "run": run_id}
@@ -321,7 +320,7 @@ def _write_files(run_id: str) -> Callable[[duckdb.DuckDBPyConnection, datetime],
             {"run": run_id},
         )
 
-    return write
+    return CommitStep("record the lead files and their rejected lines", write)
 
 
 # -- the register run ----------------------------------------------------------------------
@@ -372,7 +371,6 @@ def load_lead_register(
     *, warehouse: Warehouse, leads_dir: str, run_id: str, log: LogFn = lambda _m: None
 ) -> RegisterReport:
     """Load every new CSV file of ``leads_dir`` into ``cpamoe_leads`` (one transaction)."""
-    started, started_at = time.monotonic(), datetime.now(UTC)
     directory = Path(leads_dir)
     report = RegisterReport(stream=REGISTER_STREAM, mode="files", result=None, directory=str(directory))
     if not directory.is_dir():
@@ -383,7 +381,7 @@ def load_lead_register(
         log(f"cpa.moe lead register: no CSV files in {directory}")
         return report
 
-    with StreamLoad(warehouse, REGISTER_STREAM, [REGISTER_LEADS], run_id=run_id) as load:
+    def fetch(load: StreamLoad) -> Fetched | None:
         con = load.con
         assert con is not None
         load.read_state({"known_files": "SELECT file_name, sha256, loaded_at FROM wh.main.cpamoe_lead_files"})
@@ -425,8 +423,7 @@ def load_lead_register(
             if outcome != "loaded" or message:
                 report.warnings.append(f"{name}: {message}")
         if not files:
-            report.seconds = time.monotonic() - started
-            return report
+            return None
 
         con.executemany("INSERT INTO register_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)", files)
         # only the ids of these files are looked up in the warehouse, not the whole register
@@ -440,21 +437,17 @@ def load_lead_register(
         con.execute(REGISTER_ROWS_SQL)
         con.execute(SUMMARY_SQL)
         load.records_received = con.execute("SELECT count(*) FROM register_rows").fetchone()[0]
-        summaries = _summaries(con)
-        for s in summaries:
+        report.files = _summaries(con)
+        for s in report.files:
             if s.rows_rejected:
                 report.warnings.append(f"{s.file_name}: {s.rows_rejected} line(s) rejected, e.g. line {s.errors[0][0]}: {s.errors[0][1]}")
             log(f"{s.file_name}: {s.outcome}, {s.rows_loaded} lead(s) loaded, {s.rows_rejected} line(s) rejected")
-        report.result = load.commit(
-            cursor=None,
-            mode="files",
-            started_at=started_at,
-            warnings=report.warnings,
-            after_merge=_write_files(run_id),
-        )
-    report.files = summaries
-    report.seconds = time.monotonic() - started
-    return report
+        return Fetched(cursor=None, mode="files", warnings=report.warnings, steps=[_write_files(run_id)])
+
+    return run_stream(
+        warehouse=warehouse, stream=REGISTER_STREAM, specs=[REGISTER_LEADS], run_id=run_id, fetch=fetch,
+        report=report,
+    )
 
 
 def _json_list(values: list[str]) -> str:
@@ -487,7 +480,7 @@ def register_submitted_lead(
     run_id: str,
 ) -> None:
     """Record a lead cpa.moe accepted (no customer data) in ``cpamoe_leads``, in one transaction."""
-    with StreamLoad(warehouse, SUBMIT_STREAM, [REGISTER_LEADS], run_id=run_id) as load:
+    def fetch(load: StreamLoad) -> Fetched:
         con = load.con
         assert con is not None
         con.execute(REGISTER_ROWS_DDL)
@@ -500,7 +493,9 @@ def register_submitted_lead(
             {"id": lead_id, "uid": uid, "offer": offer_id, "at": submitted_at},
         )
         load.records_received = 1
-        load.commit(cursor=None, mode="add.json", started_at=datetime.now(UTC), requests=1)
+        return Fetched(cursor=None, mode="add.json", requests=1)
+
+    run_stream(warehouse=warehouse, stream=SUBMIT_STREAM, specs=[REGISTER_LEADS], run_id=run_id, fetch=fetch)
 
 
 __all__ = [

@@ -46,7 +46,6 @@ Assumptions where the docs are silent:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -55,17 +54,26 @@ from typing import Any
 import duckdb
 import orjson
 
-from models.status import status_case_sql
+from models.status import STATUS_MAPPINGS, status_case_sql, terminal_raw_statuses
 from pipelines.fetch import Emit, run_producers
 from pipelines.http import ApiClient, ApiError, AuthError
-from pipelines.loader import LoadResult, Page, StreamLoad, TableResult
+from pipelines.feeds.run import Fetched, SyncReport, run_stream
+from pipelines.loader import (
+    CommitStep,
+    LoadResult,
+    Page,
+    StepResult,
+    StreamLoad,
+    TableResult,
+    merge_quarantine,
+    summary_step,
+)
 from pipelines.staging import Field, TableSpec
-from pipelines.sync import SyncReport
 from pipelines.warehouse import Warehouse
 
 OFFERS_PATH = "/v2/offers"
-OFFER_STATUSES = ("scheduled", "active", "paused", "ended", "deleted")
-TERMINAL_OFFER_STATUSES = ("ended", "deleted")
+OFFER_STATUSES = tuple(STATUS_MAPPINGS["metapic_offer"])  # every status, to list every offer
+TERMINAL_OFFER_STATUSES = terminal_raw_statuses("metapic_offer")
 OFFER_INCLUDES = ("trafficSourcesCosts", "store")
 MAX_PAGE_SIZE = 100
 MAX_PAGES = 10_000  # a list that never ends is a server bug, not data
@@ -278,31 +286,23 @@ STATS_RECORDS_SQL = f"""
     LEFT JOIN participant_aliases AS a ON a.offer_id = k.label_offer_id AND a.alias = k.participant_key"""
 
 
-def quarantine_keyless(con: duckdb.DuckDBPyConnection, now: datetime, table: str, run_id: str) -> int:
+KEYLESS_REASON = (
+    "participant has no id, user_id, pre_registered_identifier, pre_registered_email or display_name to key it by"
+)
+
+
+def quarantine_keyless(table: str, run_id: str) -> CommitStep:
     """Staged records with nothing to key them by go to ``quarantine`` (scrubbed), not the table."""
-    keyless = f"""
-        SELECT DISTINCT ON (row_hash) md5(CAST(rec AS VARCHAR)) AS row_hash, rec AS raw,
-               split_part(label, ':', 2) AS entity_id
+    rows = f"""
+        SELECT md5(CAST(rec AS VARCHAR)) AS row_hash, 'offer ' || split_part(label, ':', 2) AS entity_id,
+               $reason AS reason, rec AS raw
         FROM (SELECT {SCRUBBED_REC_SQL} AS rec, label FROM recs WHERE ({PARTICIPANT_KEY_SQL}) IS NULL)"""
-    count = con.execute(f"SELECT count(*) FROM ({keyless})").fetchone()[0]
-    if count:
-        con.execute(
-            f"""
-            MERGE INTO wh.main.quarantine AS q
-            USING ({keyless}) AS s ON q.stream = $table AND q.row_hash = s.row_hash
-            WHEN MATCHED THEN UPDATE SET last_seen_at = $now, run_id = $run
-            WHEN NOT MATCHED THEN INSERT (stream, row_hash, entity_id, reason, raw, first_seen_at, last_seen_at, run_id)
-                VALUES ($table, s.row_hash, 'offer ' || s.entity_id, $reason, s.raw, $now, $now, $run)
-            """,
-            {
-                "table": table,
-                "now": now,
-                "run": run_id,
-                "reason": "participant has no id, user_id, pre_registered_identifier, "
-                "pre_registered_email or display_name to key it by",
-            },
-        )
-    return count
+
+    def run(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        count = merge_quarantine(con, table, rows, now=now, run_id=run_id, params={"reason": KEYLESS_REASON})
+        return StepResult(quarantined=count)
+
+    return CommitStep("quarantine participants without a key", run)
 
 
 def _general_cost(key: str) -> str:
@@ -325,6 +325,8 @@ OFFERS = TableSpec(
     source="metapic_offer",
     key=("offer_id",),
     created_field=None,
+    # written by the participants feed's step "mark terminal offers' participants as read once more"
+    step_columns=("participants_final_read_at",),
     fields=(
         Field("offer_id", "$.id", "integer", required=True),
         Field("campaign_title", "$.campaign_title", "string"),
@@ -388,22 +390,22 @@ DAILY_STATS = TableSpec(
     ),
 )
 
-OFFERS_BUSINESS_SQL = """
+OFFERS_SUMMARY_SQL = """
 SELECT count(*) AS offers,
        count(*) FILTER (WHERE status = 'active') AS live_offers,
        count(*) FILTER (WHERE status IN ('pending', 'paused')) AS upcoming_or_paused_offers,
        count(*) FILTER (WHERE status IS NULL) AS offers_with_unknown_status
-FROM {wh}.metapic_offers
+FROM wh.main.metapic_offers
 """
 
-PARTICIPANTS_BUSINESS_SQL = """
+PARTICIPANTS_SUMMARY_SQL = """
 SELECT count(*) AS participants,
        count(*) FILTER (WHERE p.status = 'active') AS participants_active,
        sum(p.clicks) AS participant_clicks,
        sum(p.clicks) FILTER (WHERE o.status = 'active') AS participant_clicks_live_offers,
        count(*) FILTER (WHERE p.payment_amount > 0) AS participants_paid,
        count(DISTINCT o.currency) FILTER (WHERE p.payment_amount > 0) AS payment_currencies
-FROM {wh}.metapic_participants AS p LEFT JOIN {wh}.metapic_offers AS o USING (offer_id)
+FROM wh.main.metapic_participants AS p LEFT JOIN wh.main.metapic_offers AS o USING (offer_id)
 """
 
 # -- syncs -----------------------------------------------------------------------------------------
@@ -430,16 +432,8 @@ class Fetcher:
             self.on_progress(label.split(":", 1)[0], records)
 
 
-def _report(
-    stream: str, mode: str, result: LoadResult, started: float, warnings: list[str], requests: int, retries: int
-) -> SyncReport:
-    seconds = time.monotonic() - started
-    return SyncReport(stream, mode, result, requests=requests, retries=retries, seconds=seconds, warnings=warnings)
-
-
 def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncReport:
     """Read the whole campaign list (every status) and merge it: the list is small."""
-    started, started_at = time.monotonic(), datetime.now(UTC)
     client = fetcher.client
     params = {
         "created_by": fetcher.user_id,
@@ -447,7 +441,8 @@ def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncR
         "include[]": list(OFFER_INCLUDES),
         "sort_by": "id:asc",  # stable pages: new offers arrive at the end
     }
-    with StreamLoad(warehouse, OFFERS.table, [OFFERS], run_id=run_id, on_progress=fetcher.progress) as load:
+
+    def fetch(load: StreamLoad) -> Fetched:
         load.read_state({"prior_offers": "SELECT offer_id FROM wh.main.metapic_offers"})
         walk = walk_pages(client, OFFERS_PATH, params, load.add, label="offers", size=fetcher.size)
         warnings = list(walk.warnings)
@@ -457,17 +452,18 @@ def sync_offers(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str) -> SyncR
         )[0][0]
         if missing and walk.complete:
             warnings.append(f"metapic_offers: {missing} offer(s) no longer listed under any status; kept as last seen")
-        result = load.commit(
+        return Fetched(
             cursor={"offers_listed": walk.records},
             mode="full",
-            started_at=started_at,
-            requests=client.stats.requests,
-            retries=client.stats.retries,
             warnings=warnings,
             full_walk=walk.complete,
-            business_sql=OFFERS_BUSINESS_SQL,
+            steps=[summary_step(OFFERS_SUMMARY_SQL)],
         )
-    return _report(OFFERS.table, "full", result, started, warnings, client.stats.requests, client.stats.retries)
+
+    return run_stream(
+        warehouse=warehouse, stream=OFFERS.table, specs=[OFFERS], run_id=run_id, fetch=fetch, client=client,
+        on_progress=fetcher.progress,
+    )
 
 
 def participants_path(offer_id: int) -> str:
@@ -654,9 +650,10 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
     The "read once more" mark (``metapic_offers.participants_final_read_at``) is written in the
     same transaction as those participants, and only when the list was read completely.
     """
-    started, started_at = time.monotonic(), datetime.now(UTC)
     client = fetcher.client
-    with StreamLoad(warehouse, PARTICIPANTS.table, [PARTICIPANTS], run_id=run_id, on_progress=fetcher.progress) as load:
+    mode = "full" if full_refresh else "incremental"
+
+    def fetch(load: StreamLoad) -> Fetched:
         state = load.read_state({"offers": _offers_to_read_sql()})
         # a warehouse whose participants an earlier key rule wrote reads every list once more
         # (terminal offers included), so rows keyed the old way are re-keyed everywhere
@@ -692,51 +689,66 @@ def sync_participants(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, fu
         ]
         # the offers whose list this run read whole: the snapshot rule applies to them only
         complete = [offer_id for (offer_id, _), walk in zip(chosen, walks, strict=True) if walk.complete]  # type: ignore[union-attr]
-
-        keyless: list[int] = []
-        counts: dict[str, int] = {}
-
-        def before_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-            counts["rekeyed"] = rekey_signed_up(con, now)
-            counts["relisted"] = find_relisted(con)
-
-        def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-            keyless.append(quarantine_keyless(con, now, PARTICIPANTS.table, run_id))
-            if counts.get("relisted"):
-                continue_relisted(con, now)
-            counts["removed"] = remove_unlisted(con, now, complete)
-            if final:
-                con.execute(
-                    "UPDATE wh.main.metapic_offers SET participants_final_read_at = $now "
-                    "WHERE list_contains($ids, offer_id)",
-                    {"now": now, "ids": final},
-                )
-
-        mode = "full" if full_refresh else "incremental"
-        result = load.commit(
-            # the stream's position is per campaign (participants_final_read_at, written above in
-            # this transaction); how many lists this run read is in the log and sync_runs.requests
+        return Fetched(
+            # the stream's position is per campaign (participants_final_read_at, written in this
+            # transaction); how many lists this run read is in the log and sync_runs.requests
             cursor={"position": "metapic_offers.participants_final_read_at", "key_version": PARTICIPANT_KEY_VERSION},
             mode=mode,
-            started_at=started_at,
-            requests=client.stats.requests,
-            retries=client.stats.retries,
             warnings=warnings,
             full_walk=full_refresh,
-            business_sql=PARTICIPANTS_BUSINESS_SQL,
-            after_merge=after_merge,
-            before_merge=before_merge,
+            steps=participant_steps(run_id, complete, final, fetcher.log),
         )
-        result.primary.quarantined += sum(keyless)
-        result.business["participants_removed"] = float(counts.get("removed", 0))
-        result.business["participants_rekeyed"] = float(counts.get("rekeyed", 0))
-        result.business["participants_relisted"] = float(counts.get("relisted", 0))
-        if counts.get("removed") or counts.get("rekeyed") or counts.get("relisted"):
-            fetcher.log(
-                f"metapic_participants: {counts.get('removed', 0)} participant(s) no longer listed removed, "
+
+    return run_stream(
+        warehouse=warehouse, stream=PARTICIPANTS.table, specs=[PARTICIPANTS], run_id=run_id, fetch=fetch,
+        client=client, on_progress=fetcher.progress,
+    )
+
+
+def participant_steps(run_id: str, complete: list[int], final: list[int], log: LogFn) -> list[CommitStep]:
+    """The participants' own writes in the commit's transaction, in order: re-key rows an earlier
+    key rule wrote and find participants listed again (before the merge); then quarantine keyless
+    records, join relisted participants' history, apply the snapshot rule to the lists read whole,
+    and mark the terminal offers read once more (after it)."""
+    counts: dict[str, int] = {}
+
+    def rekey(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        counts["rekeyed"] = rekey_signed_up(con, now)
+        return StepResult(metrics={"participants_rekeyed": float(counts["rekeyed"])})
+
+    def relisted(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        counts["relisted"] = find_relisted(con)
+        return StepResult(metrics={"participants_relisted": float(counts["relisted"])})
+
+    def continue_history(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+        if counts.get("relisted"):
+            continue_relisted(con, now)
+
+    def snapshot_rule(con: duckdb.DuckDBPyConnection, now: datetime) -> StepResult:
+        counts["removed"] = remove_unlisted(con, now, complete)
+        if counts["removed"] or counts.get("rekeyed") or counts.get("relisted"):
+            log(
+                f"metapic_participants: {counts['removed']} participant(s) no longer listed removed, "
                 f"{counts.get('relisted', 0)} listed again, {counts.get('rekeyed', 0)} row(s) keyed the old way re-keyed"
             )
-    return _report(PARTICIPANTS.table, mode, result, started, warnings, client.stats.requests, client.stats.retries)
+        return StepResult(metrics={"participants_removed": float(counts["removed"])})
+
+    def mark_final_read(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+        if final:
+            con.execute(
+                "UPDATE wh.main.metapic_offers SET participants_final_read_at = $now WHERE list_contains($ids, offer_id)",
+                {"now": now, "ids": final},
+            )
+
+    return [
+        CommitStep("re-key participants keyed by an earlier rule", rekey, before_merge=True),
+        CommitStep("find participants listed again", relisted, before_merge=True),
+        quarantine_keyless(PARTICIPANTS.table, run_id),
+        CommitStep("continue the history of participants listed again", continue_history),
+        CommitStep("remove participants no longer listed (snapshot rule)", snapshot_rule),
+        CommitStep("mark terminal offers' participants as read once more", mark_final_read),
+        summary_step(PARTICIPANTS_SUMMARY_SQL),
+    ]
 
 
 def live_offers_sql(day: date) -> str:
@@ -764,11 +776,11 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
     Re-running a day replaces that day's rows of every offer read completely: unchanged rows stay
     as they are, rows the API no longer returns for the day are deleted.
     """
-    started, started_at = time.monotonic(), datetime.now(UTC)
     client = fetcher.client
     stream = f"{DAILY_STATS.table}:{day.isoformat()}"
     requests_before, retries_before = client.stats.requests, client.stats.retries
-    with StreamLoad(warehouse, stream, [DAILY_STATS], run_id=run_id, on_progress=fetcher.progress) as load:
+
+    def fetch(load: StreamLoad) -> Fetched:
         load.read_state({"live_offers": live_offers_sql(day), "participant_aliases": PARTICIPANT_ALIASES_SQL})
         offer_ids = [r[0] for r in load.query("SELECT offer_id FROM live_offers")]
         if not offer_ids:
@@ -788,10 +800,7 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
         warnings = [w for walk in walks for w in walk.warnings]  # type: ignore[union-attr]
         complete = [o for o, walk in zip(offer_ids, walks, strict=True) if walk.complete]  # type: ignore[union-attr]
 
-        keyless: list[int] = []
-
-        def after_merge(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
-            keyless.append(quarantine_keyless(con, now, DAILY_STATS.table, run_id))
+        def replace_day(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
             con.execute(
                 f"""
                 DELETE FROM wh.main.{DAILY_STATS.table} AS t
@@ -803,19 +812,23 @@ def sync_daily_stats(*, warehouse: Warehouse, fetcher: Fetcher, run_id: str, day
                 {"day": day, "ids": complete},
             )
 
-        requests, retries = client.stats.requests - requests_before, client.stats.retries - retries_before
-        result = load.commit(
+        return Fetched(
             cursor={"date": day.isoformat(), "offers_read": len(offer_ids), "complete": len(complete)},
             mode="partition",
-            started_at=started_at,
-            requests=requests,
-            retries=retries,
             warnings=warnings,
             full_walk=len(complete) == len(offer_ids),
-            after_merge=after_merge,
+            steps=[
+                quarantine_keyless(DAILY_STATS.table, run_id),
+                CommitStep("delete the day's rows no longer listed by offers read whole", replace_day),
+            ],
+            requests=client.stats.requests - requests_before,
+            retries=client.stats.retries - retries_before,
         )
-        result.primary.quarantined += sum(keyless)
-    return _report(DAILY_STATS.table, "partition", result, started, warnings, requests, retries)
+
+    return run_stream(
+        warehouse=warehouse, stream=stream, specs=[DAILY_STATS], run_id=run_id, fetch=fetch, client=client,
+        report_stream=DAILY_STATS.table, on_progress=fetcher.progress,
+    )
 
 
 def combine_reports(stream: str, reports: list[SyncReport]) -> SyncReport:

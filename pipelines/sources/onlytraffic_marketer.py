@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from models.status import open_raw_statuses, terminal_raw_statuses
 from pipelines.fetch import Emit
 from pipelines.http import ApiClient, ApiError, AuthError
 from pipelines.incremental import WalkOutcome
@@ -212,8 +213,8 @@ def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListin
     return OffsetStatusListing(
         client,
         CPC_PATH,
-        open_statuses=("waiting", "active"),
-        terminal_statuses=("rejected", "completed"),
+        open_statuses=open_raw_statuses(CPC_ORDERS.source),
+        terminal_statuses=terminal_raw_statuses(CPC_ORDERS.source),
         label="cpc_orders",
         limit=limit,
     )
@@ -244,8 +245,8 @@ def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListin
     return OffsetStatusListing(
         client,
         CPL_PATH,
-        open_statuses=("waiting", "accepted"),
-        terminal_statuses=("rejected", "completed", "cancelled"),
+        open_statuses=open_raw_statuses(CPL_ORDERS.source),
+        terminal_statuses=terminal_raw_statuses(CPL_ORDERS.source),
         label="cpl_orders",
         limit=limit,
         optional_statuses=("cancelled",),

@@ -23,7 +23,6 @@ Docs: ``shared/api-docs/onlytraffic-studio-swap-orders.md``. What matters for co
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,19 +30,19 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from models.onlytraffic import SWAP_COUNT_BLOCKS
-from models.status import status_case_sql
+from models.status import open_raw_statuses, status_case_sql, terminal_raw_statuses
 from pipelines.fetch import Emit, run_producers
 from pipelines.http import ApiClient, ApiError, AuthError
 from pipelines.incremental import WalkOutcome
-from pipelines.loader import Page, StreamLoad
+from pipelines.feeds.run import Fetched, SyncReport, run_stream
+from pipelines.loader import Page, StreamLoad, summary_step
 from pipelines.staging import Field, TableSpec
-from pipelines.sync import SyncReport
 from pipelines.warehouse import Warehouse
 
 SWAP_PATH = "/swaps/orders"
 MAX_PAGE_SIZE = 100
-OPEN_STATUSES = ("waiting", "accepted")
-TERMINAL_STATUSES = ("rejected", "completed", "cancelled")
+OPEN_STATUSES = open_raw_statuses("swap")
+TERMINAL_STATUSES = terminal_raw_statuses("swap")
 # Error codes (or HTTP statuses) in an error body that mean "slow down and retry".
 _RETRYABLE_CODES = {"rate_limited", "rate_limit_exceeded", "too_many_requests", "429", "server_error"}
 _AUTH_CODES = {"unauthorized", "forbidden", "invalid_api_key", "401", "403"}
@@ -480,42 +479,33 @@ def sync_created_range(
     its own stream name: the incremental cursor of ``swap_orders`` is never moved, and orders
     outside the range are not looked for, so none is ever taken for vanished.
     """
-    started = time.monotonic()
-    started_at = datetime.now(UTC)
     statuses = [*listing.open_statuses, *listing.terminal_statuses]
-    warnings: list[str] = []
-    with StreamLoad(
-        warehouse,
-        RANGE_STREAM,
-        list(SWAP_SPECS),
-        run_id=run_id,
-        key_sql="json_extract_string(rec, '$.order_id')",
-        on_progress=on_progress,
-    ) as load:
+
+    def fetch(load: StreamLoad) -> Fetched:
         log(f"swap_orders: reading every status created {first_day} .. {last_day}")
         outcomes = run_producers(
             [lambda emit, s=s: listing.walk_range(s, first_day, last_day, emit) for s in statuses],
             load.add,
             max_workers=max_workers,
         )
+        warnings: list[str] = []
         for outcome in outcomes:
             assert isinstance(outcome, WalkOutcome)
             warnings.extend(outcome.warnings)
-        result = load.commit(
+        return Fetched(
             cursor={"last_range": [first_day.isoformat(), last_day.isoformat()]},
             mode="partition_range",
-            started_at=started_at,
-            requests=client.stats.requests,
-            retries=client.stats.retries,
             warnings=warnings,
-            business_sql=business_sql,
+            steps=[summary_step(business_sql)] if business_sql else [],
         )
-    return SyncReport(
+
+    return run_stream(
+        warehouse=warehouse,
         stream=RANGE_STREAM,
-        mode="partition_range",
-        result=result,
-        requests=client.stats.requests,
-        retries=client.stats.retries,
-        seconds=time.monotonic() - started,
-        warnings=warnings,
+        specs=SWAP_SPECS,
+        run_id=run_id,
+        fetch=fetch,
+        client=client,
+        key_sql="json_extract_string(rec, '$.order_id')",
+        on_progress=on_progress,
     )

@@ -1,0 +1,1 @@
+"""Feeds: what to fetch from an API and how its records become warehouse rows (no Dagster)."""
