@@ -211,9 +211,25 @@ class Settings(BaseModel):
         "HTTP_MAX_RETRY_AFTER_SECONDS", 300.0, "longest `Retry-After` honoured; a longer one fails the request",
         group=TUNING,
     )
+    sync_max_concurrent_steps: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
+        "SYNC_MAX_CONCURRENT_STEPS", 2, "feed steps running at once, one process each (see *Operations*)",
+        group=TUNING,
+    )
+    sync_cpu_steps: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
+        "SYNC_CPU_STEPS", 1, "of those, steps tagged `affwh/load: cpu` (CPU-bound) at once", group=TUNING
+    )
+    feed_step_retries: Annotated[int, BeforeValidator(_number(0, whole=True))] = setting(
+        "FEED_STEP_RETRIES", 2, "more attempts of a feed's step after a transient failure (its Dagster `RetryPolicy`)",
+        group=TUNING,
+    )
+    feed_step_retry_delay_seconds: Annotated[int, BeforeValidator(_number(0, whole=True))] = setting(
+        "FEED_STEP_RETRY_DELAY_SECONDS", 30, "delay before the first of those attempts (doubling, with jitter)",
+        group=TUNING,
+    )
     warehouse_memory_limit: str = setting(
         "WAREHOUSE_MEMORY_LIMIT", "160MB",
-        "DuckDB memory limit of each DuckDB instance a sync opens (one per lane, see *Feeds run in two lanes*; "
+        "DuckDB memory limit of each DuckDB instance a sync opens (one per feed step running at once, see "
+        "*Each feed is its own step*; "
         "beyond it DuckDB spills to `.staging/` next to the warehouse; raise it if a very large first sync "
         'reports "Out of Memory")',
         group=TUNING,

@@ -15,7 +15,6 @@ none here); the source folders call it.
 """
 
 import importlib
-import os
 import pkgutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ import dagster as dg
 
 from models import metadata as warehouse_schema
 from pipelines import progress as terminal_progress
+from pipelines import settings
 from pipelines.checks import WarehouseCheck, check_specs, evaluate_checks
 from pipelines.resources import NotConfigured, WarehouseResource
 from pipelines.sync import SyncReport
@@ -48,26 +48,13 @@ class FeedFailed(dg.Failure):
     variable to fix); raised without Dagster retries when another attempt cannot help."""
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = (os.environ.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} must be 0 or more")
-    return value
-
-
 def feed_retry_policy() -> dg.RetryPolicy:
     """``FEED_STEP_RETRIES`` (default 2) more attempts of a feed's step, the first after
     ``FEED_STEP_RETRY_DELAY_SECONDS`` (default 30, doubling, with jitter): for an outage longer
     than the HTTP layer's own retries. Read when the definitions are imported."""
     return dg.RetryPolicy(
-        max_retries=_int_env("FEED_STEP_RETRIES", 2),
-        delay=_int_env("FEED_STEP_RETRY_DELAY_SECONDS", 30),
+        max_retries=settings.value("FEED_STEP_RETRIES"),
+        delay=settings.value("FEED_STEP_RETRY_DELAY_SECONDS"),
         backoff=dg.Backoff.EXPONENTIAL,
         jitter=dg.Jitter.PLUS_MINUS,
     )

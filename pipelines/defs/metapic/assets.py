@@ -5,22 +5,20 @@
 default 2025-01-01) and backfills a range of days in one run, one day after another.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 
 import dagster as dg
 
+from pipelines import settings
 from pipelines.checks import check_specs, evaluate_checks, history_intervals_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
 from pipelines.sources import metapic as source
 from pipelines.sync import SyncReport
 
-DAILY_PARTITIONS = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get("METAPIC_PARTITIONS_START") or "2025-01-01"
-)
+DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date=settings.value("METAPIC_PARTITIONS_START"))
 
 
 @contextmanager

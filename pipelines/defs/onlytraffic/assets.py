@@ -8,11 +8,11 @@ the UI; partitions start at ``SWAP_PARTITIONS_START``, default 2025-01-01) witho
 incremental cursor.
 """
 
-import os
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
+from pipelines import settings
 from pipelines.checks import history_intervals_check, sql_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
@@ -102,12 +102,7 @@ def sync_swap_orders(run: FeedRun, progress) -> SyncReport:
 def swap_partitions_start() -> str:
     """``SWAP_PARTITIONS_START`` (YYYY-MM-DD, default 2025-01-01): the first backfillable day."""
     load_env_file()  # this module is imported before definitions.py loads .env
-    value = os.environ.get("SWAP_PARTITIONS_START") or "2025-01-01"
-    try:
-        date.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"SWAP_PARTITIONS_START={value!r} is not a date (YYYY-MM-DD)") from None
-    return value
+    return settings.value("SWAP_PARTITIONS_START")
 
 
 # end_offset=1: today is a partition too (re-running it later is harmless: loads are upserts).
