@@ -6,12 +6,12 @@ and is re-exported here for the callers that import it from this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
 from pipelines.http import ApiClient
 from pipelines.incremental import StatusListing, sync_status_lists
-from pipelines.loader import StreamLoad, summary_step
+from pipelines.loader import CommitStep, StreamLoad, summary_step
 from pipelines.staging import TableSpec
 from pipelines.warehouse import Warehouse
 
@@ -30,14 +30,15 @@ def sync_status_listing(
     run_id: str,
     full_refresh: bool = False,
     max_workers: int = 4,
+    steps: Sequence[CommitStep] = (),
     business_sql: str | None = None,
     log: LogFn = lambda _m: None,
     on_progress: Callable[[str, int], None] | None = None,
 ) -> SyncReport:
     """Sync one status-filtered order list incrementally, in one transaction.
 
-    ``business_sql``: one row of metrics over the committed tables (``{wh}.<table>``), read in
-    the commit's transaction as the feed's ``summary`` step.
+    ``steps``: the feed's own commit steps (e.g. its ``summary_step``). ``business_sql`` (one row
+    of metrics over ``{wh}.<table>``) is the older spelling of a summary step, still accepted.
     """
     key = spec.key[0]
     key_field = next(f for f in spec.fields if f.name == key)
@@ -57,7 +58,7 @@ def sync_status_listing(
             mode=listed.mode,
             warnings=listed.warnings,
             full_walk=listed.full_walk,
-            steps=[summary_step(business_sql)] if business_sql else [],
+            steps=[*steps, *([summary_step(business_sql)] if business_sql else [])],
         )
 
     return run_stream(

@@ -147,3 +147,25 @@ def test_no_import_cycle():
 )
 def test_sources_are_api_clients_only():
     assert violations(("pipelines.sources",), ("duckdb", "dagster", "pipelines.feeds", *WAREHOUSE_LAYER)) == {}
+
+
+# -- each concept once (issue 13, property 4): read from the code like the rules above ----------
+
+
+def modules_matching(pattern: str) -> list[str]:
+    import re
+
+    regex = re.compile(pattern)
+    return sorted(
+        name for name, path in MODULES.items()
+        if not under(name, ("pipelines.sandbox",)) and regex.search(path.read_text())
+    )
+
+
+def test_one_stream_driver_opens_and_commits_every_stream_load():
+    assert modules_matching(r"\bStreamLoad\(") == ["pipelines.feeds.run"]
+    assert modules_matching(r"\.commit\(\s*\n?\s*cursor=") == ["pipelines.feeds.run"]
+
+
+def test_one_quarantine_writer():
+    assert modules_matching(r"(?i)(merge|insert)\s+(or\s+\w+\s+)?into\s+\S*quarantine") == ["pipelines.loader"]

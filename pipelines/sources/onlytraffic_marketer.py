@@ -26,11 +26,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from models.status import open_raw_statuses, terminal_raw_statuses
+from models.status import OPEN_STATUSES, open_raw_statuses, sql_list, terminal_raw_statuses
 from pipelines.fetch import Emit
 from pipelines.http import ApiClient, ApiError, AuthError
 from pipelines.incremental import WalkOutcome
-from pipelines.loader import Page
+from pipelines.loader import Page, summary_step
 from pipelines.staging import Field, TableSpec
 
 CPC_PATH = "/api/marketer/cpc/orders"
@@ -209,6 +209,15 @@ CPC_ORDERS = TableSpec(
 )
 
 
+# What a sync of each list reports (read in its commit, after the merge).
+CPC_SUMMARY = summary_step(f"""
+SELECT sum(total_earned) AS earned_usd,
+       count(*) FILTER (WHERE status IN ({sql_list(OPEN_STATUSES)})) AS orders_open,
+       avg(clicks_delivered / nullif(clicks_ordered, 0)) AS avg_fill_rate
+FROM wh.main.cpc_orders
+""")
+
+
 def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
     return OffsetStatusListing(
         client,
@@ -239,6 +248,14 @@ CPL_ORDERS = TableSpec(
         Field("completed_at", "$.completed_at", "timestamp", epoch_fallback="$.completed_at_ts"),
     ),
 )
+
+
+CPL_SUMMARY = summary_step(f"""
+SELECT sum(total_earned) AS earned_usd,
+       count(*) FILTER (WHERE status IN ({sql_list(OPEN_STATUSES)})) AS orders_open,
+       avg(quantity_delivered / nullif(quantity_ordered, 0)) AS avg_fill_rate
+FROM wh.main.cpl_orders
+""")
 
 
 def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:

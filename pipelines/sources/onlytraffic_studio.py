@@ -23,19 +23,20 @@ Docs: ``shared/api-docs/onlytraffic-studio-swap-orders.md``. What matters for co
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
 from models.onlytraffic import SWAP_COUNT_BLOCKS
-from models.status import open_raw_statuses, status_case_sql, terminal_raw_statuses
+from models.status import OPEN_STATUSES as OPEN_LIFECYCLE_STATUSES
+from models.status import open_raw_statuses, sql_list, status_case_sql, terminal_raw_statuses
 from pipelines.fetch import Emit, run_producers
 from pipelines.http import ApiClient, ApiError, AuthError
 from pipelines.incremental import WalkOutcome
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.loader import Page, StreamLoad, summary_step
+from pipelines.loader import CommitStep, Page, StreamLoad, summary_step
 from pipelines.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
@@ -454,6 +455,19 @@ SWAP_ORDER_SIDES = TableSpec(
 
 SWAP_SPECS = (SWAP_ORDERS, SWAP_ORDER_SIDES)
 
+# What a sync reports (read in its commit, after the merge). A swap is not paid per unit: what it
+# earned is what the fans it brought spent on our side's model (transactions_sum.total of the
+# sides that are ours, as in v_earnings). Fill rate is per side: that side's
+# fans_subscribed_total / the order's quantity (as in v_fill_rate).
+SWAP_SUMMARY = summary_step(f"""
+SELECT (SELECT sum(transactions_sum_total) FILTER (WHERE is_mine) FROM wh.main.swap_order_sides)
+           AS earned_usd,
+       (SELECT count(*) FILTER (WHERE status IN ({sql_list(OPEN_LIFECYCLE_STATUSES)}))
+        FROM wh.main.swap_orders) AS orders_open,
+       (SELECT avg(s.fans_subscribed_total / nullif(o.quantity, 0))
+        FROM wh.main.swap_order_sides AS s JOIN wh.main.swap_orders AS o USING (order_id)) AS avg_fill_rate
+""")
+
 
 # -- partition-range runs ------------------------------------------------------------------------
 
@@ -469,6 +483,7 @@ def sync_created_range(
     last_day: date,
     run_id: str,
     max_workers: int = 4,
+    steps: Sequence[CommitStep] = (SWAP_SUMMARY,),
     business_sql: str | None = None,
     log: Callable[[str], None] = lambda _m: None,
     on_progress: Callable[[str, int], None] | None = None,
@@ -496,7 +511,7 @@ def sync_created_range(
             cursor={"last_range": [first_day.isoformat(), last_day.isoformat()]},
             mode="partition_range",
             warnings=warnings,
-            steps=[summary_step(business_sql)] if business_sql else [],
+            steps=[*steps, *([summary_step(business_sql)] if business_sql else [])],
         )
 
     return run_stream(

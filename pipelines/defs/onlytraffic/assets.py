@@ -21,31 +21,15 @@ from pipelines.sources import onlytraffic_marketer as marketer
 from pipelines.sources import onlytraffic_studio as studio
 from pipelines.sync import SyncReport, sync_status_listing
 
-CPC_BUSINESS_SQL = """
-SELECT sum(total_earned) AS earned_usd,
-       count(*) FILTER (WHERE status IN ('pending', 'active')) AS orders_open,
-       avg(clicks_delivered / nullif(clicks_ordered, 0)) AS avg_fill_rate
-FROM {wh}.cpc_orders
-"""
-
-
 def sync_cpc_orders(run: FeedRun, progress) -> SyncReport:
-    return _sync_marketer_list(run, progress, marketer.cpc_listing, marketer.CPC_ORDERS, CPC_BUSINESS_SQL)
-
-
-CPL_BUSINESS_SQL = """
-SELECT sum(total_earned) AS earned_usd,
-       count(*) FILTER (WHERE status IN ('pending', 'active')) AS orders_open,
-       avg(quantity_delivered / nullif(quantity_ordered, 0)) AS avg_fill_rate
-FROM {wh}.cpl_orders
-"""
+    return _sync_marketer_list(run, progress, marketer.cpc_listing, marketer.CPC_ORDERS, marketer.CPC_SUMMARY)
 
 
 def sync_cpl_orders(run: FeedRun, progress) -> SyncReport:
-    return _sync_marketer_list(run, progress, marketer.cpl_listing, marketer.CPL_ORDERS, CPL_BUSINESS_SQL)
+    return _sync_marketer_list(run, progress, marketer.cpl_listing, marketer.CPL_ORDERS, marketer.CPL_SUMMARY)
 
 
-def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, business_sql: str) -> SyncReport:
+def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, summary) -> SyncReport:
     resource = run.onlytraffic_marketer
     with resource.client(on_retry=run.log.warning) as client:
         return sync_status_listing(
@@ -56,22 +40,10 @@ def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, business_sql
             run_id=run.run_id,
             full_refresh=run.full_refresh,
             max_workers=resource.max_concurrency,
-            business_sql=business_sql,
+            steps=(summary,),
             log=run.log.info,
             on_progress=progress,
         )
-
-
-# A swap is not paid per unit: what it earned is what the fans it brought spent on our side's
-# model (transactions_sum.total of the sides that are ours, as in v_earnings). Fill rate is per
-# side: that side's fans_subscribed_total / the order's quantity (as in v_fill_rate).
-SWAP_BUSINESS_SQL = """
-SELECT (SELECT sum(transactions_sum_total) FILTER (WHERE is_mine) FROM {wh}.swap_order_sides)
-           AS earned_usd,
-       (SELECT count(*) FILTER (WHERE status IN ('pending', 'active')) FROM {wh}.swap_orders) AS orders_open,
-       (SELECT avg(s.fans_subscribed_total / nullif(o.quantity, 0))
-        FROM {wh}.swap_order_sides AS s JOIN {wh}.swap_orders AS o USING (order_id)) AS avg_fill_rate
-"""
 
 
 def _swap_listing(client, resource: OnlyTrafficStudioResource) -> studio.PageStatusListing:
@@ -93,7 +65,7 @@ def sync_swap_orders(run: FeedRun, progress) -> SyncReport:
             run_id=run.run_id,
             full_refresh=run.full_refresh,
             max_workers=run.onlytraffic_studio.max_concurrency,
-            business_sql=SWAP_BUSINESS_SQL,
+            steps=(studio.SWAP_SUMMARY,),
             log=run.log.info,
             on_progress=progress,
         )
@@ -138,7 +110,6 @@ def swap_orders_by_created_day(
                 last_day=last_day,
                 run_id=context.run_id,
                 max_workers=onlytraffic_studio.max_concurrency,
-                business_sql=SWAP_BUSINESS_SQL,
                 log=context.log.info,
                 on_progress=progress,
             )
