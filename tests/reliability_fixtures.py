@@ -224,6 +224,8 @@ class Spawned:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # its whole session: no orphan survives
         self.proc.wait(30)
+        # a run's steps are processes of the same session: gone too before anyone looks
+        wait_until(lambda: not _group_alive(self.proc.pid), 30, interval=0.01)
         self._close()
 
     def _close(self) -> None:
@@ -245,6 +247,16 @@ class Spawned:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.005) -> bool:

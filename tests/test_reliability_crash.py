@@ -158,3 +158,108 @@ def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
     assert mine.path.is_dir()
     mine.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+DG_LAUNCH = [str(Path(sys.executable).with_name("dg")), "launch", "--module-name", "pipelines.definitions", "--job", "sync_all"]
+
+
+def _first_feed_start(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    feeds = {"cpc_orders", "cpl_orders", "swap_orders", "cpamoe_lead_files", "cpamoe_leads", "metapic_offers",
+             "metapic_participants"}
+    starts = [r.event_log_entry.timestamp for r in instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.STEP_START).records if r.event_log_entry.step_key in feeds]
+    return min(starts) if starts else None
+
+
+@pytest.mark.slow
+def test_a_dg_launch_killed_while_it_holds_a_pool_slot_blocks_no_later_run(site, reference):
+    """SIGKILL of ``dg launch --job sync_all`` while one of its steps holds the duckdb_writer slot:
+    the next ``dg launch`` marks the dead run failed, frees its slot, and its feeds start within
+    30 s; the sync then completes as an uninterrupted one would."""
+    import shutil
+
+    from reliability_fixtures import PROJECT_ROOT
+
+    site.register_leads()
+    site.api("metapic").rate_limit = 100_000
+    site.sandbox.set_faults(latency=0.01)
+    site.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
+
+    killed = site.spawn(DG_LAUNCH, name="killed", **SLOW)
+    with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
+        assert wait_until(lambda: bool(instance.event_log_storage.get_concurrency_run_ids()) or killed.proc.poll() is not None,
+                          120, interval=0.02)
+        assert killed.proc.poll() is None, "the run finished before it held a slot"
+        killed.kill()
+        (dead,) = instance.event_log_storage.get_concurrency_run_ids()
+
+    started = time.time()
+    final = site.spawn(DG_LAUNCH, name="after-kill", **SLOW)
+    assert final.wait(240) == 0, final.output[-3000:]
+
+    with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
+        assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+        assert not instance.event_log_storage.get_concurrency_run_ids()
+        (after,) = [r.dagster_run for r in instance.get_run_records() if r.dagster_run.run_id != dead]
+        assert after.status == dg.DagsterRunStatus.SUCCESS
+        first = _first_feed_start(instance, after.run_id)
+        assert first is not None and first - started < 30, first - started
+    assert_same(site.dump(), reference.first)
+    assert not integrity_problems(site.warehouse_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_killed_run_worker_of_the_daemon_is_failed_by_run_monitoring_and_the_next_run_completes(site, reference):
+    """The daemon's path: a run queued with ``dagster job launch``, started by the daemon in a run
+    worker of its own; that worker (and its step processes) SIGKILLed while feeds run. Run
+    monitoring (``dagster.yaml``) marks the run failed without any other run starting; the next
+    queued run's feeds start within 30 s and it completes the sync."""
+    import shutil
+
+    import psutil
+    from reliability_fixtures import PROJECT_ROOT
+
+    site.register_leads()
+    site.api("metapic").rate_limit = 100_000
+    site.sandbox.set_faults(latency=0.01)
+    site.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
+    workspace = site.root / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
+        f"      working_directory: {site.root}\n      location_name: affiliate_warehouse\n"
+    )
+    quiet = {"SCHEDULES_DEFAULT_STATUS": "stopped", "AUTOMATION_DEFAULT_STATUS": "stopped", **SLOW}
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    launch = [dagster, "job", "launch", "-w", str(workspace), "-j", "sync_all"]
+    daemon = site.spawn([str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(workspace)],
+                        name="daemon", **quiet)
+    try:
+        assert site.spawn(launch, name="launch-1", **quiet).wait(120) == 0
+        with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
+            (record,) = instance.get_run_records()
+            run_id = record.dagster_run.run_id
+            assert wait_until(lambda: _first_feed_start(instance, run_id) is not None, 180, interval=0.2), \
+                daemon.output[-3000:]
+            (start,) = [r.event_log_entry for r in instance.get_records_for_run(
+                run_id, of_type=dg.DagsterEventType.RUN_START).records]
+            worker = psutil.Process(start.dagster_event.pid)
+            for proc in [*worker.children(recursive=True), worker]:
+                proc.kill()
+            killed_at = time.monotonic()
+            assert wait_until(lambda: instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE, 120, 0.5), \
+                daemon.output[-3000:]
+            print(f"run monitoring failed the dead run after {time.monotonic() - killed_at:.0f}s")
+
+            launched = time.time()
+            assert site.spawn(launch, name="launch-2", **quiet).wait(120) == 0
+            (after,) = [r.dagster_run.run_id for r in instance.get_run_records() if r.dagster_run.run_id != run_id]
+            assert wait_until(lambda: instance.get_run_by_id(after).is_finished, 300, 0.5)
+            assert instance.get_run_by_id(after).status == dg.DagsterRunStatus.SUCCESS
+            assert _first_feed_start(instance, after) - launched < 30
+            assert not instance.event_log_storage.get_concurrency_run_ids()
+    finally:
+        daemon.kill()
+    assert_same(site.dump(), reference.first)

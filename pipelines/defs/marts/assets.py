@@ -79,6 +79,8 @@ def load_payouts(con, path: Path) -> dict[str, object]:
     group_name="marts",
     pool=WRITER_POOL,
     kinds={"duckdb", "csv"},
+    # a small step with no upstream: after the feeds among ready steps, not before them
+    op_tags={"dagster/priority": "-1"},
     description="Payout per cpa.moe offer (CSV offer,amount,currency from CPAMOE_PAYOUTS_FILE), used by v_earnings.",
 )
 def cpamoe_payouts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
