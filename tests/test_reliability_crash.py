@@ -185,6 +185,8 @@ def test_a_dg_launch_killed_while_it_holds_a_pool_slot_blocks_no_later_run(site,
     site.sandbox.set_faults(latency=0.01)
     site.dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(site.dagster_home)):
+        pass  # its SQLite storage created once, before processes that would race creating it
 
     killed = site.spawn(DG_LAUNCH, name="killed", **SLOW)
     with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
@@ -226,6 +228,8 @@ def test_a_killed_run_worker_of_the_daemon_is_failed_by_run_monitoring_and_the_n
     site.sandbox.set_faults(latency=0.01)
     site.dagster_home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(site.dagster_home)):
+        pass  # its SQLite storage created once, before processes that would race creating it
     workspace = site.root / "workspace.yaml"
     workspace.write_text(
         "load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
