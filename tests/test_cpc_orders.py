@@ -229,3 +229,20 @@ def test_a_value_the_api_would_reject_gets_the_documented_422_envelope_never_a_5
     body = response.json()
     assert body["status"] == "error" and body["error_code"] == 422
     assert field in body["message"]
+
+
+def test_a_list_that_ends_exactly_at_a_page_boundary_is_complete_without_a_warning(world):
+    """The marketer lists carry no total, so the empty page after the last full one is checked by
+    reading again from the previous page's last order: one order back means the list really ends
+    there (no warning, list complete), more would mean the empty page lied."""
+    truth = cpc_truth(world)
+    completed = sum(1 for t in truth.values() if t["status"] == "completed")
+    page = completed // 2 if completed % 2 == 0 else completed  # the list is two full pages, or one
+    world.monkeypatch.setenv("ONLYTRAFFIC_MARKETER_PAGE_SIZE", str(page))
+    world.sync(assets=["cpc_orders"])
+
+    assert_matches_truth(world)
+    warnings = " ".join(r[0] for r in world.query("SELECT warnings FROM sync_runs WHERE stream = 'cpc_orders'"))
+    assert "cpc_orders:completed" not in warnings
+    asked = [a for a in world.sandbox.stats.recent if CPC_ROUTE in a and "status=completed" in a]
+    assert any(f"offset={completed - 1}" in a for a in asked), asked  # the overlapping read was made

@@ -104,16 +104,19 @@ class OffsetStatusListing:
     def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
         """Read one status list page by page. The API gives no total, so a page is trusted only
         after checks: a page repeating the previous one is asked for again (up to 3 times), and an
-        EMPTY page after full ones is asked for again, then the next page is probed, before the
-        list is believed to end there (a short non-empty page ends it at once)."""
+        EMPTY page after full ones is asked for again, then read once more starting one order
+        earlier (``offset - 1``): a list that really ends there answers with just the previous
+        page's last order, while a page that lies answers with that order and the ones after it,
+        which the walk takes and goes on from (a short non-empty page ends the list at once)."""
         outcome = WalkOutcome(status, complete=False)
         label = f"{self.label}:{status}"
         offset = 0
         previous_keys: set = set()
         previous_oldest: datetime | None = None
         repeats = 0
-        empty_checks = 0  # 1: the empty page was asked again; 2: the next page was probed
-        hole_at: int | None = None
+        empty_checks = 0  # 1: the empty page was asked again; 2: read again from one order earlier
+        hole_at: int | None = None  # the offset of a page that came back empty twice
+        last_key = None  # the last order of the previous page
         limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
         while True:
             params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
@@ -129,6 +132,26 @@ class OffsetStatusListing:
                 raise
             records = response.data["data"]
             keys = {r.get(self.key) for r in records if isinstance(r, dict)}
+            if hole_at is not None:  # the read from one order before a page that stayed empty
+                first = records[0].get(self.key) if records and isinstance(records[0], dict) else None
+                if first is None or first != last_key:
+                    # the previous page's last order is not where it was: the list moved or the API
+                    # keeps lying; with no total, what follows the empty page cannot be known
+                    outcome.warnings.append(
+                        f"{label}: page at offset {hole_at} stayed empty and the read from offset "
+                        f"{offset} did not start with the previous page's last order; orders from "
+                        f"{hole_at} on may be missing; list not complete"
+                    )
+                    outcome.degraded = True
+                    return outcome
+                if len(records) == 1:  # the list really ends at the empty page
+                    outcome.complete = not outcome.degraded
+                    return outcome
+                outcome.warnings.append(
+                    f"{label}: page at offset {hole_at} stayed empty, but the read from offset {offset} "
+                    f"returned its orders; read on from there"
+                )
+                hole_at, empty_checks, previous_keys = None, 0, set()
             if records and keys and keys == previous_keys:
                 repeats += 1
                 outcome.warnings.append(f"{label}: page at offset {offset} repeated the previous page; asked again")
@@ -139,30 +162,15 @@ class OffsetStatusListing:
             repeats = 0
             if not records and offset > 0 and empty_checks < 2:
                 empty_checks += 1
-                if empty_checks == 2:  # empty twice: does the list go on after it?
+                if empty_checks == 2:  # empty twice: read again from the previous page's last order
                     hole_at = offset
-                    offset += limit
+                    offset -= 1
                 continue
             if records and empty_checks:
-                if hole_at is None:
-                    outcome.warnings.append(f"{label}: page at offset {offset} came back empty once; read again")
-                else:
-                    outcome.warnings.append(
-                        f"{label}: empty page at offset {hole_at} before the end of the list; "
-                        f"orders from {hole_at} to {hole_at + limit - 1} may be missing; list not complete"
-                    )
-                    outcome.degraded = True
-                empty_checks, hole_at = 0, None
+                outcome.warnings.append(f"{label}: page at offset {offset} came back empty once; read again")
+                empty_checks = 0
             emit(Page(response.content, len(records), listed_status=status, label=label))
             if len(records) < limit:
-                if hole_at is not None:  # the probe after a page that stayed empty was empty too:
-                    # with no total, a list ending there cannot be told from a page that always
-                    # comes back empty, so the orders after it may be missing
-                    outcome.warnings.append(
-                        f"{label}: page at offset {hole_at} stayed empty and the next page too; the list "
-                        f"ends there or orders from {hole_at} on are missing; list not complete"
-                    )
-                    outcome.degraded = True
                 outcome.complete = not outcome.degraded
                 return outcome
             if since is not None:
@@ -175,6 +183,8 @@ class OffsetStatusListing:
                     return outcome
                 previous_oldest = oldest
             previous_keys = keys
+            last = records[-1]
+            last_key = last.get(self.key) if isinstance(last, dict) else None
             offset += len(records)
             limit = self.limit
 
