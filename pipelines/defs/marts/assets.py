@@ -155,32 +155,32 @@ JOIN (SELECT source, min(day) AS first_day FROM order_daily_snapshots
 """
 
 
-@dg.asset(
-    group_name="marts",
-    pool=WRITER_POOL,
-    kinds={"duckdb", "sql"},
-    deps=["v_earnings", "v_fill_rate"],
-    description="Each order's cumulative earned and delivered units, last value per UTC day (rows only on days they "
-    "changed), and in order_baselines what each order had when its source's first sync saw it.",
+SNAPSHOTS = "order_daily_snapshots"
+SNAPSHOT_DEPS = ("v_earnings", "v_fill_rate")
+SNAPSHOT_DESCRIPTION = (
+    "Each order's cumulative earned and delivered units, last value per UTC day (rows only on days they "
+    "changed), and in order_baselines what each order had when its source's first sync saw it."
 )
-def order_daily_snapshots(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+
+
+def take_snapshot(con) -> dict[str, object]:
+    """Write today's ``order_daily_snapshots`` rows (and first baselines) in one transaction; the
+    figures for the materialization. Run by the views' step, right after the views it reads
+    (pipelines/defs/views/assets.py): a step of its own would cost a process and split the views'
+    step in three around it."""
     now = utc_now()
     day = now.date()
-    with warehouse.open(on_wait=context.log.warning).connect() as con:
-        before = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
-        con.execute("BEGIN TRANSACTION")
-        try:
-            written = con.execute(SNAPSHOT_SQL, {"day": day, "now": now}).fetchone()[0]
-            baselines = con.execute(BASELINE_SQL).fetchone()[0]
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        total = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
-    return dg.MaterializeResult(
-        metadata={
-            "day": str(day), "rows_written": written, "new_rows": total - before, "rows_total": total,
-            "baselines_written": baselines,
-        }
-    )
-
+    before = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        written = con.execute(SNAPSHOT_SQL, {"day": day, "now": now}).fetchone()[0]
+        baselines = con.execute(BASELINE_SQL).fetchone()[0]
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    total = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
+    return {
+        "day": str(day), "rows_written": written, "new_rows": total - before, "rows_total": total,
+        "baselines_written": baselines,
+    }

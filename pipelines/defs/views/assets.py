@@ -15,6 +15,7 @@ import dagster as dg
 from models import metadata
 from pipelines.checks import check_specs, evaluate_checks, sql_check
 from pipelines.defs.feed_asset import FEED_TAG, defined_assets, defs_modules
+from pipelines.defs.marts.assets import SNAPSHOT_DEPS, SNAPSHOT_DESCRIPTION, SNAPSHOTS, take_snapshot
 from pipelines.resources import WRITER_POOL, WarehouseResource
 
 SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
@@ -79,8 +80,11 @@ def _creation_order(upstream: dict[str, set[dg.AssetKey]]) -> list[str]:
 
 
 def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
-    """Every view as one multi-asset: one step and one database open for all of them (a step per
-    view would pay both seven times), still one asset per view in the lineage graph."""
+    """Every view, and the daily snapshot of order totals that sits between them (it reads
+    v_earnings and v_fill_rate, v_earnings_daily reads it), as ONE multi-asset: one step and one
+    database open for all of them (a step per view, or the snapshot as a step of its own, would
+    pay a process each), still one asset per view in the lineage graph."""
+    upstream = {**upstream, SNAPSHOTS: {dg.AssetKey(d) for d in SNAPSHOT_DEPS}}
     order = _creation_order(upstream)
     specs = [
         dg.AssetSpec(
@@ -92,9 +96,13 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
             automation_condition=rebuild_when_upstream_changes(),
             metadata={"sql_file": f"sql/{name}.sql"},
         )
+        if name != SNAPSHOTS
+        else dg.AssetSpec(
+            SNAPSHOTS, group_name="marts", deps=sorted(upstream[name], key=lambda k: k.to_user_string()),
+            kinds={"duckdb", "sql"}, description=SNAPSHOT_DESCRIPTION,
+        )
         for name in order
     ]
-
     checks = [c for c in VIEW_CHECKS if c.asset.path[-1] in upstream]
 
     @dg.multi_asset(
@@ -103,13 +111,18 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
     )
     def sql_views(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         selected = {key.path[-1] for key in context.selected_asset_keys}
+        metadata: dict[str, dict] = {}
         with warehouse.open(on_wait=context.log.info).connect() as con:
             for name in order:
-                if name in selected:
+                if name not in selected:
+                    continue
+                if name == SNAPSHOTS:
+                    metadata[name] = take_snapshot(con)
+                else:
                     create_view(con, name)
-            rows = {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in order if n in selected}
-        for name, count in rows.items():
-            yield dg.MaterializeResult(asset_key=name, metadata={"rows": count})
+                    metadata[name] = {"rows": con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]}
+        for name, meta in metadata.items():
+            yield dg.MaterializeResult(asset_key=name, metadata=meta)
         wanted = context.selected_asset_check_keys
         yield from evaluate_checks(warehouse, [c for c in checks if c.key in wanted], log=context.log)
 
@@ -147,6 +160,7 @@ def table_producers() -> dict[str, list[dg.AssetKey]]:
             producers.setdefault(table, []).append(dg.AssetKey(writer))
     for table in SHARED_TABLES:
         producers[table] = feeds
+    producers[SNAPSHOTS] = [dg.AssetKey(SNAPSHOTS)]  # written in the views' own step
     return {t: sorted(set(keys), key=lambda k: k.to_user_string()) for t, keys in producers.items()}
 
 
