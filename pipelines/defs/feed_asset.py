@@ -236,6 +236,8 @@ def feed_asset(
                 log=context.log,
                 warehouse=context.resources.warehouse,
             )
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:  # Ctrl-C, Terminate: no retry
+            raise FeedFailed(description=f"{key}: stopped: the run was interrupted", allow_retries=False) from exc
         except Exception as exc:
             terminal_progress.done(f"{key}: FAILED: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
             raise _failure(key, exc) from exc
