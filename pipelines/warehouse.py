@@ -41,8 +41,10 @@ def _in_process_lock(key: str) -> threading.RLock:
 
 
 def configure(con: duckdb.DuckDBPyConnection, memory_limit: str, threads: int) -> None:
-    """Session settings every connection uses: UTC, bounded memory, bounded threads."""
+    """Session settings every connection uses: UTC, bounded memory, bounded threads, and no
+    progress bar (a step's output is not captured, so DuckDB's bar would draw over `make run`'s)."""
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET memory_limit = '{memory_limit}'")
     con.execute(f"SET threads = {int(threads)}")
     con.execute("SET preserve_insertion_order = false")
