@@ -371,23 +371,11 @@ def test_status_durations_follow_status_history(synced_days):
     assert as_of == w.observed[-1][0]
 
 
-def _cpl_waiting_order(w, hours_ago: float):
-    book = w.sandbox.dataset("marketer_cpl")
-    order = next(o for o in book.orders if o.status == book.completed)
-    order.status = book.waiting
-    order.created = w.sandbox.world.now - timedelta(hours=hours_ago)
-    order.accepted = order.finished = None
-    order.delivered = 0.0
-    book.open.add(order.n)
-    book.accept_per_hour = book.reject_per_hour = 0.0  # only the 3-day auto-reject moves it
-    book._touch()
-    return order
-
-
-def _swap_waiting_order(w, hours_ago: float):
-    """A swap order waiting since ``hours_ago``; the sandbox's swap book has no auto-reject, and
-    with no acceptance or rejection it stays waiting (as an API that is late to reject would)."""
-    book = w.sandbox.dataset("studio_swap")
+def _waiting_order(w, dataset: str, hours_ago: float):
+    """An order of ``dataset`` waiting since ``hours_ago`` that nothing but the clock moves: no
+    acceptance, rejection or cancellation (the CPL book's 3-day auto-reject still applies; the swap
+    book has none, so it stays waiting, as an API that is late to reject would)."""
+    book = w.sandbox.dataset(dataset)
     order = next(o for o in book.orders if o.status == book.completed)
     order.status = book.waiting
     order.created = w.sandbox.world.now - timedelta(hours=hours_ago)
@@ -405,8 +393,8 @@ def alerts(w) -> dict[tuple, tuple]:
 
 def test_auto_reject_soon_then_overdue_fires_and_clears(mart_world):
     w = mart_world
-    order = _cpl_waiting_order(w, hours_ago=30)
-    late = _swap_waiting_order(w, hours_ago=60)
+    order = _waiting_order(w, "marketer_cpl", hours_ago=30)
+    late = _waiting_order(w, "studio_swap", hours_ago=60)
     w.sync()
     assert ("cpl", order.order_id, "auto_reject_soon") not in alerts(w)  # 30 h: not yet
     assert alerts(w)[("swap", late.order_id, "auto_reject_soon")][1] == late.created + timedelta(days=3)

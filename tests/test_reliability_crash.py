@@ -163,6 +163,23 @@ def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
 DG_LAUNCH = [str(Path(sys.executable).with_name("dg")), "launch", "--module-name", "pipelines.definitions", "--job", "sync_all"]
 
 
+def _prepare_site(site: Site) -> None:
+    """A site for the Dagster-launched crash tests: leads registered, Metapic's limit lifted, a
+    little latency (so a kill lands mid-run), and a Dagster home whose SQLite storage is created
+    once, before processes that would race creating it."""
+    import shutil
+
+    from reliability_fixtures import PROJECT_ROOT
+
+    site.register_leads()
+    site.api("metapic").rate_limit = 100_000
+    site.sandbox.set_faults(latency=0.01)
+    site.dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(site.dagster_home)):
+        pass
+
+
 def _first_feed_start(instance: dg.DagsterInstance, run_id: str) -> float | None:
     feeds = {"cpc_orders", "cpl_orders", "swap_orders", "cpamoe_lead_files", "cpamoe_leads", "metapic_offers",
              "metapic_participants"}
@@ -176,17 +193,7 @@ def test_a_dg_launch_killed_while_it_holds_a_pool_slot_blocks_no_later_run(site,
     """SIGKILL of ``dg launch --job sync_all`` while one of its steps holds the duckdb_writer slot:
     the next ``dg launch`` marks the dead run failed, frees its slot, and its feeds start within
     30 s; the sync then completes as an uninterrupted one would."""
-    import shutil
-
-    from reliability_fixtures import PROJECT_ROOT
-
-    site.register_leads()
-    site.api("metapic").rate_limit = 100_000
-    site.sandbox.set_faults(latency=0.01)
-    site.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
-    with dg.DagsterInstance.from_config(str(site.dagster_home)):
-        pass  # its SQLite storage created once, before processes that would race creating it
+    _prepare_site(site)
 
     killed = site.spawn(DG_LAUNCH, name="killed", **SLOW)
     with dg.DagsterInstance.from_config(str(site.dagster_home)) as instance:
@@ -218,18 +225,9 @@ def test_a_killed_run_worker_of_the_daemon_is_failed_by_run_monitoring_and_the_n
     worker of its own; that worker (and its step processes) SIGKILLed while feeds run. Run
     monitoring (``dagster.yaml``) marks the run failed without any other run starting; the next
     queued run's feeds start within 30 s and it completes the sync."""
-    import shutil
-
     import psutil
-    from reliability_fixtures import PROJECT_ROOT
 
-    site.register_leads()
-    site.api("metapic").rate_limit = 100_000
-    site.sandbox.set_faults(latency=0.01)
-    site.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
-    with dg.DagsterInstance.from_config(str(site.dagster_home)):
-        pass  # its SQLite storage created once, before processes that would race creating it
+    _prepare_site(site)
     workspace = site.root / "workspace.yaml"
     workspace.write_text(
         "load_from:\n  - python_module:\n      module_name: pipelines.definitions\n"
