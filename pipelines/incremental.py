@@ -130,10 +130,7 @@ def sync_status_lists(
         log(f"{table}: full walk of every status list")
         run(list(listing.terminal_statuses), None)
     else:
-        vanished_count, vanished_min = load.query(
-            "SELECT count(*), min(created_at) FROM prior_open "
-            "WHERE key NOT IN (SELECT key FROM recs WHERE key IS NOT NULL)"
-        )[0]
+        vanished_count, vanished_min = load.query(f"SELECT count(*), min(created_at) {_NOT_LISTED}")[0]
         assert old_watermark is not None
         since = min(t for t in (vanished_min, old_watermark, recheck) if t is not None)
         if recheck is not None and recheck < old_watermark:
@@ -170,9 +167,7 @@ def sync_status_lists(
             # Left the open lists, in no terminal list read so far: it became terminal after the
             # reader passed its place. Its terminal list is read again back to its created_at
             # (or in full if that list could not be read in part).
-            first_missing = load.query(
-                "SELECT min(created_at) FROM prior_open WHERE key NOT IN (SELECT key FROM recs WHERE key IS NOT NULL)"
-            )[0][0]
+            first_missing = load.query(f"SELECT min(created_at) {_NOT_LISTED}")[0][0]
             again = [s for s in listing.terminal_statuses if s not in redo]
             partial = [s for s in again if not outcomes[s].degraded]
             whole = [s for s in again if outcomes[s].degraded]
@@ -192,10 +187,7 @@ def sync_status_lists(
         if missing:
             sample = ", ".join(
                 r[0]
-                for r in load.query(
-                    "SELECT key FROM prior_open WHERE key NOT IN "
-                    "(SELECT key FROM recs WHERE key IS NOT NULL) ORDER BY key LIMIT 5"
-                )
+                for r in load.query(f"SELECT key {_NOT_LISTED} ORDER BY key LIMIT 5")
             )
             warnings.append(
                 f"{table}: {missing} order(s) open at the last sync were not returned by any "
@@ -260,7 +252,9 @@ def _recheck_floor(
     )[0][0]
 
 
+# Orders open at the last sync that no list read in this sync has returned (so far).
+_NOT_LISTED = "FROM prior_open WHERE key NOT IN (SELECT key FROM recs WHERE key IS NOT NULL)"
+
+
 def _missing(load: StreamLoad) -> int:
-    return load.query(
-        "SELECT count(*) FROM prior_open WHERE key NOT IN (SELECT key FROM recs WHERE key IS NOT NULL)"
-    )[0][0]
+    return load.query(f"SELECT count(*) {_NOT_LISTED}")[0][0]
