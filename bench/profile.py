@@ -42,7 +42,7 @@ FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 def module_of(path: str) -> str:
-    """A readable module name for a frame's file: ``pipelines/loader.py``, ``dagster``, ``httpx``..."""
+    """A readable module name for a frame's file: ``pipelines/warehouse/loader.py``, ``dagster``, ``httpx``..."""
     path = path.replace("\\", "/")
     for marker in ("site-packages/", "dist-packages/"):
         if marker in path:

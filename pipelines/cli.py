@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from pipelines import progress
     from pipelines.run_recovery import recover_killed_runs
-    from pipelines.summary import print_summary
+    from pipelines.warehouse.summary import print_summary
 
     ensure_dagster_home()
     with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
@@ -262,7 +262,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from pipelines.summary import run_query
+    from pipelines.warehouse.summary import run_query
 
     return run_query(env("WAREHOUSE_PATH"), args.sql, max_rows=args.max_rows)
 
@@ -279,7 +279,7 @@ def cmd_submit_lead(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines.definitions import build_resources
-    from pipelines.http import ApiError
+    from pipelines.sources.http import ApiError
     from pipelines.resources import NotConfigured
     from pipelines.sources.cpamoe import CpamoeError, submit_lead
 

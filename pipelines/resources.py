@@ -13,7 +13,7 @@ import dagster as dg
 from pydantic import Field as PydanticField
 
 from pipelines import settings
-from pipelines.http import ApiClient, RateLimiter, Redactor, RetryPolicy
+from pipelines.sources.http import ApiClient, RateLimiter, Redactor, RetryPolicy
 from pipelines.warehouse import Warehouse
 
 WRITER_POOL = "duckdb_writer"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from models.status import STATUS_MAPPINGS
-from pipelines.http import AuthError
+from pipelines.sources.http import AuthError
 from pipelines.resources import CpamoeResource, WarehouseResource
 from pipelines.sources.cpamoe import CpamoeError, submit_lead
 from dagster_results import materializations

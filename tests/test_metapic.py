@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from models.status import STATUS_MAPPINGS
-from pipelines.http import ApiError, AuthError
+from pipelines.sources.http import ApiError, AuthError
 from pipelines.sources.metapic import metapic_envelope
 
 PAGE_SIZE = 4

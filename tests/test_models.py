@@ -21,7 +21,7 @@ from models.status import (
     open_raw_statuses,
     terminal_raw_statuses,
 )
-from pipelines.staging import TableSpec
+from pipelines.warehouse.staging import TableSpec
 
 ENTITY_COLUMNS = [c.name for c in entity_columns()]
 STATUS_COLUMNS = ["source_status", "status"]

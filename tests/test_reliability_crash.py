@@ -137,10 +137,10 @@ def test_ctrl_c_stops_both_lanes_promptly_and_the_next_run_completes_the_sync(si
 
 
 def test_a_staging_folder_is_removed_only_once_its_process_is_gone(tmp_path):
-    from pipelines.staging_dirs import StagingDir, remove_stale
+    from pipelines.warehouse.staging_dirs import StagingDir, remove_stale
 
     holder = (
-        "import sys, time; from pathlib import Path; from pipelines.staging_dirs import StagingDir; "
+        "import sys, time; from pathlib import Path; from pipelines.warehouse.staging_dirs import StagingDir; "
         "d = StagingDir(Path(sys.argv[1]), 'stream-'); print(d.path, flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=clean_env())

@@ -23,7 +23,7 @@ from pathlib import Path
 from conftest import clean_env
 
 import pipelines
-from pipelines.staging_dirs import StagingDir, remove_stale
+from pipelines.warehouse.staging_dirs import StagingDir, remove_stale
 
 THREADS = 4  # creating threads in this process (plus one sweeping thread)
 PROCESSES = 3  # creating processes (each with a sweeping thread of its own)
@@ -35,7 +35,7 @@ KILLED = 4  # processes SIGKILLed while they hold a folder
 WORKER = r'''
 import os, sys, threading, time, traceback
 from pathlib import Path
-from pipelines.staging_dirs import StagingDir, remove_stale
+from pipelines.warehouse.staging_dirs import StagingDir, remove_stale
 
 
 def churn(root, prefix, rounds, failures):
@@ -85,7 +85,7 @@ def child(root, role, prefix, rounds):
 '''
 
 HOLDER = (
-    "import sys, time; from pathlib import Path; from pipelines.staging_dirs import StagingDir; "
+    "import sys, time; from pathlib import Path; from pipelines.warehouse.staging_dirs import StagingDir; "
     "d = StagingDir(Path(sys.argv[1]), sys.argv[2]); (d.path / 'data').write_text('x'); "
     "print(d.path, flush=True); time.sleep(300)"
 )

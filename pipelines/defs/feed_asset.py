@@ -29,7 +29,7 @@ from pipelines import progress as terminal_progress
 from pipelines import settings
 from pipelines.checks import WarehouseCheck, check_specs, evaluate_checks
 from pipelines.resources import NotConfigured, WarehouseResource
-from pipelines.sync import SyncReport
+from pipelines.feeds.status_lists import SyncReport
 
 LOAD_TAG = "affwh/load"  # executor tag: "cpu" (DuckDB-bound) or "wait" (rate-limited, mostly idle)
 FEED_TAG = "affwh/feed"  # asset tag: "current" (in sync_all) or "daily" (partitioned backfills)

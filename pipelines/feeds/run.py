@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipelines.http import ApiClient
-from pipelines.loader import CommitStep, LoadResult, StreamLoad, TableResult
-from pipelines.staging import TableSpec
+from pipelines.sources.http import ApiClient
+from pipelines.warehouse.loader import CommitStep, LoadResult, StreamLoad, TableResult
+from pipelines.warehouse.staging import TableSpec
 from pipelines.warehouse import Warehouse
 
 LogFn = Callable[[str], None]

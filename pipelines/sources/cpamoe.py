@@ -48,12 +48,13 @@ import orjson
 
 from models.status import final_raw_statuses
 from pipelines.clock import utc_now
-from pipelines.fetch import Emit, run_producers
-from pipelines.http import ApiClient, ApiError, AuthError
+from pipelines.sources.fetch import Emit, run_producers
+from pipelines.sources.http import ApiClient, ApiError, AuthError
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.loader import CommitStep, Page, StepResult, StreamLoad, merge_quarantine, summary_step
+from pipelines.page import Page
+from pipelines.warehouse.loader import CommitStep, StepResult, StreamLoad, merge_quarantine, summary_step
 from pipelines.sources.cpamoe_register import ID_PATTERN, MAX_ID_LENGTH, register_submitted_lead
-from pipelines.staging import Field, TableSpec
+from pipelines.warehouse.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
 if TYPE_CHECKING:

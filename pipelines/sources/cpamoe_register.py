@@ -4,7 +4,7 @@ cpa.moe only answers for the lead ids we send it, so the warehouse must know eve
 submitted. Leads submitted elsewhere arrive as CSV files (header line with at least ``id``, and
 optionally ``offer`` and ``submitted_at``); :func:`pipelines.sources.cpamoe.submit_lead` registers
 the ones we submit ourselves. Both land in ``cpamoe_leads`` through the same :data:`REGISTER_LEADS`
-spec and the same :class:`~pipelines.loader.StreamLoad` transaction machinery.
+spec and the same :class:`~pipelines.warehouse.loader.StreamLoad` transaction machinery.
 
 How a file is loaded (every rule is enforced in SQL, set-based, in a staging database):
 
@@ -43,8 +43,8 @@ from typing import Any
 import duckdb
 
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.loader import CommitStep, StreamLoad
-from pipelines.staging import Field, TableSpec
+from pipelines.warehouse.loader import CommitStep, StreamLoad
+from pipelines.warehouse.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
 REGISTER_STREAM = "cpamoe_lead_files"

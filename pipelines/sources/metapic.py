@@ -55,20 +55,20 @@ import duckdb
 import orjson
 
 from models.status import STATUS_MAPPINGS, status_case_sql, terminal_raw_statuses
-from pipelines.fetch import Emit, run_producers
-from pipelines.http import ApiClient, ApiError, AuthError
+from pipelines.sources.fetch import Emit, run_producers
+from pipelines.sources.http import ApiClient, ApiError, AuthError
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.loader import (
+from pipelines.page import Page
+from pipelines.warehouse.loader import (
     CommitStep,
     LoadResult,
-    Page,
     StepResult,
     StreamLoad,
     TableResult,
     merge_quarantine,
     summary_step,
 )
-from pipelines.staging import Field, TableSpec
+from pipelines.warehouse.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
 OFFERS_PATH = "/v2/offers"

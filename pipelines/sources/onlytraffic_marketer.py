@@ -13,11 +13,11 @@ Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
 - Pagination is ``offset``/``limit`` (max 1000) with no total: a page shorter than ``limit`` ends a
   list.
 - Assumption (docs silent): lists are ordered newest-created first. The incremental terminal-list
-  read relies on it only after checking it page by page (see :mod:`pipelines.incremental`).
+  read relies on it only after checking it page by page (see :mod:`pipelines.feeds.incremental`).
 - The lists have no sort parameter and no date filter, and move while they are read (an order
   accepted or completed between two requests shifts the list under ``offset``): pages are read
   in order, so an order entering a list only repeats one (counted once); what leaving orders make
-  a walk skip is handled across lists in :mod:`pipelines.incremental`.
+  a walk skip is handled across lists in :mod:`pipelines.feeds.incremental`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from models.status import OPEN_STATUSES, open_raw_statuses, sql_list, terminal_raw_statuses
-from pipelines.fetch import Emit
-from pipelines.http import ApiClient, ApiError, AuthError
-from pipelines.incremental import WalkOutcome
-from pipelines.loader import Page, summary_step
-from pipelines.staging import Field, TableSpec
+from pipelines.sources.fetch import Emit
+from pipelines.sources.http import ApiClient, ApiError, AuthError
+from pipelines.sources.status_list import WalkOutcome
+from pipelines.page import Page
+from pipelines.warehouse.loader import summary_step
+from pipelines.warehouse.staging import Field, TableSpec
 
 CPC_PATH = "/api/marketer/cpc/orders"
 CPL_PATH = "/api/marketer/cpl/orders"

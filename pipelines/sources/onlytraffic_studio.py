@@ -32,12 +32,13 @@ from typing import Any
 from models.onlytraffic import SWAP_COUNT_BLOCKS
 from models.status import OPEN_STATUSES as OPEN_LIFECYCLE_STATUSES
 from models.status import open_raw_statuses, sql_list, status_case_sql, terminal_raw_statuses
-from pipelines.fetch import Emit, run_producers
-from pipelines.http import ApiClient, ApiError, AuthError
-from pipelines.incremental import WalkOutcome
+from pipelines.sources.fetch import Emit, run_producers
+from pipelines.sources.http import ApiClient, ApiError, AuthError
+from pipelines.sources.status_list import WalkOutcome
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.loader import CommitStep, Page, StreamLoad, summary_step
-from pipelines.staging import Field, TableSpec
+from pipelines.page import Page
+from pipelines.warehouse.loader import CommitStep, StreamLoad, summary_step
+from pipelines.warehouse.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
 SWAP_PATH = "/swaps/orders"
@@ -129,7 +130,7 @@ class _WalkState:
 class PageStatusListing:
     """One ``page``/``page_size`` list per status filter (the Studio API's pagination).
 
-    Implements the ``StatusListing`` protocol of :mod:`pipelines.incremental`; ``walk_range``
+    Implements the ``StatusListing`` protocol of :mod:`pipelines.feeds.incremental`; ``walk_range``
     serves partition-range runs (every order created between two dates, inclusive).
     """
 

@@ -11,7 +11,7 @@ from pipelines.checks import SAMPLE, Outcome, check, history_intervals_check, st
 from pipelines.defs.feed_asset import FeedRun, feed_asset
 from pipelines.sources import cpamoe as source
 from pipelines.sources.cpamoe_register import load_lead_register
-from pipelines.sync import SyncReport
+from pipelines.feeds.status_lists import SyncReport
 
 
 def sync_lead_files(run: FeedRun, progress) -> SyncReport:  # noqa: ARG001 - files are loaded once each

@@ -16,7 +16,7 @@ from pipelines.checks import check_specs, evaluate_checks, history_intervals_che
 from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
 from pipelines.sources import metapic as source
-from pipelines.sync import SyncReport
+from pipelines.feeds.status_lists import SyncReport
 
 DAILY_PARTITIONS = dg.DailyPartitionsDefinition(start_date=settings.value("METAPIC_PARTITIONS_START"))
 

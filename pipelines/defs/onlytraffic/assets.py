@@ -19,7 +19,7 @@ from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, Warehous
 from pipelines.settings import load_env_file
 from pipelines.sources import onlytraffic_marketer as marketer
 from pipelines.sources import onlytraffic_studio as studio
-from pipelines.sync import SyncReport, sync_status_listing
+from pipelines.feeds.status_lists import SyncReport, sync_status_listing
 
 def sync_cpc_orders(run: FeedRun, progress) -> SyncReport:
     return _sync_marketer_list(run, progress, marketer.cpc_listing, marketer.CPC_ORDERS, marketer.CPC_SUMMARY)

@@ -35,34 +35,15 @@ so one can fall between two pages, and the mover itself can be on no page read. 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from models.status import TERMINAL_STATUSES, sql_list
 
-from pipelines.fetch import Emit, run_producers
-from pipelines.loader import Page, StreamLoad
-
-
-@dataclass
-class WalkOutcome:
-    status: str
-    complete: bool  # the list was read to its end
-    out_of_order: bool = False  # pages were not newest-first: an early stop would be unsafe
-    warnings: list[str] = field(default_factory=list)
-    degraded: bool = False  # pagination misbehaved (e.g. an empty page before the end): not whole
-    moved: bool = False  # the list changed while it was read (e.g. its total moved between pages)
-
-
-class StatusListing(Protocol):
-    open_statuses: tuple[str, ...]
-    terminal_statuses: tuple[str, ...]
-
-    def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
-        """Emit the pages of one status list; with ``since``, newest first, stopping once the
-        list reaches orders created before ``since``."""
-        ...
+from pipelines.page import Page
+from pipelines.sources.fetch import Emit, run_producers
+from pipelines.sources.status_list import StatusListing, WalkOutcome
+from pipelines.warehouse.loader import StreamLoad
 
 
 @dataclass

@@ -7,7 +7,7 @@ How a sync of one stream flows:
 2. Pages are appended, in batches (each one SQL statement with the batch's bodies as columnar
    list parameters), to an in-memory *staging* DuckDB database: DuckDB's JSON reader splits them
    into records (no Python loop per record), and each batch is typed and validated in SQL
-   (:mod:`pipelines.staging`) while the next pages are being fetched. Memory stays flat whatever
+   (:mod:`pipelines.warehouse.staging`) while the next pages are being fetched. Memory stays flat whatever
    the history size: batches are bounded, beyond ``memory_limit`` DuckDB spills to a folder next
    to the warehouse, and pages are not kept in Python. (Not Arrow or pandas: handing either to
    DuckDB imports pandas, +110 MB of RSS per sync for no speed gain at these batch sizes.)
@@ -35,30 +35,15 @@ import duckdb
 
 from models.status import LIFECYCLE_STATUSES
 from pipelines.clock import utc_now
-from pipelines.staging import TableSpec, typed_select_sql
-from pipelines.staging_dirs import StagingDir
+from pipelines.page import Page
+from pipelines.warehouse.staging import TableSpec, typed_select_sql
+from pipelines.warehouse.staging_dirs import StagingDir
 from pipelines.warehouse import Warehouse, configure
 
 log = logging.getLogger(__name__)
 
 WH = "wh"
 BATCH = "batch"  # schema of the batch being staged
-
-
-@dataclass
-class Page:
-    """One API response's records, as raw JSON for DuckDB.
-
-    ``records_path`` is where the records are in ``body`` (a JSON path returning a list).
-    ``listed_status`` is the status filter the page was requested with, used when a record has no
-    status of its own.
-    """
-
-    body: bytes | str
-    records: int
-    listed_status: str | None = None
-    label: str = ""
-    records_path: str = "$.data[*]"
 
 
 @dataclass

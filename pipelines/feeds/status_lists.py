@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
-from pipelines.http import ApiClient
-from pipelines.incremental import StatusListing, sync_status_lists
-from pipelines.loader import CommitStep, StreamLoad, summary_step
-from pipelines.staging import TableSpec
+from pipelines.sources.http import ApiClient
+from pipelines.feeds.incremental import sync_status_lists
+from pipelines.sources.status_list import StatusListing
+from pipelines.warehouse.loader import CommitStep, StreamLoad, summary_step
+from pipelines.warehouse.staging import TableSpec
 from pipelines.warehouse import Warehouse
 
 LogFn = Callable[[str], None]
