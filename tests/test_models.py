@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 import models
+import pipelines.feeds
 import pipelines.sources
 from models.columns import entity_columns
 from models.status import (
@@ -43,10 +44,11 @@ KIND_TYPES = {
 
 def all_specs() -> list[TableSpec]:
     specs: dict[int, TableSpec] = {}
-    for module in pkgutil.iter_modules(pipelines.sources.__path__, "pipelines.sources."):
-        for value in vars(importlib.import_module(module.name)).values():
-            if isinstance(value, TableSpec):
-                specs[id(value)] = value
+    for package in (pipelines.sources, pipelines.feeds):  # specs move to the feeds (issue 13)
+        for module in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            for value in vars(importlib.import_module(module.name)).values():
+                if isinstance(value, TableSpec):
+                    specs[id(value)] = value
     return list(specs.values())
 
 
