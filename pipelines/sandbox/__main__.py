@@ -31,10 +31,15 @@ def main(argv: list[str] | None = None) -> None:
         help="write the world's cpa.moe leads as a register CSV here and a demo payouts CSV beside "
         "it (and point CPAMOE_LEADS_DIR and CPAMOE_PAYOUTS_FILE at them)",
     )
+    parser.add_argument(
+        "--metapic-rate-limit", type=int,
+        help="Metapic requests served per minute (advertised in x-ratelimit-limit, 429 beyond; "
+        "default: the documented 300)",
+    )
     args = parser.parse_args(argv)
 
     anchor = datetime.fromisoformat(args.anchor) if args.anchor else None
-    sandbox = Sandbox(scale=args.scale, seed=args.seed, anchor=anchor)
+    sandbox = Sandbox(scale=args.scale, seed=args.seed, anchor=anchor, metapic_rate_limit=args.metapic_rate_limit)
 
     if args.leads_dir:
         from pipelines.sandbox.register import PAYOUTS_FILE, write_demo_payouts, write_lead_register

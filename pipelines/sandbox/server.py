@@ -134,7 +134,10 @@ class Sandbox:
         seed: int = 1,
         anchor=None,
         modules: list[Callable[[Sandbox], ApiModule]] | None = None,
+        metapic_rate_limit: int | None = None,
     ) -> None:
+        # Metapic's requests per minute (None: the documented 300); also POST /_sandbox/ratelimit
+        self.metapic_rate_limit = metapic_rate_limit
         scale_obj = SCALES[scale] if isinstance(scale, str) else scale
         kwargs = {"seed": seed, "scale": scale_obj}
         if anchor is not None:
@@ -164,6 +167,7 @@ class Sandbox:
             Route("/_sandbox/drift", self._drift, methods=["GET", "POST"]),
             Route("/_sandbox/lies", self._lies, methods=["GET", "POST"]),
             Route("/_sandbox/churn", self._churn, methods=["GET", "POST"]),
+            Route("/_sandbox/ratelimit", self._ratelimit, methods=["GET", "POST"]),
             Route("/_sandbox/stats", lambda r: json_response(self.stats.snapshot())),
             Route("/_sandbox/stats/reset", self._reset_stats, methods=["POST"]),
             Route("/_sandbox/env", lambda r: json_response(self.env())),
@@ -210,6 +214,31 @@ class Sandbox:
             except (TypeError, ValueError) as exc:
                 return json_response({"error": str(exc)}, 400)
         return json_response(self.churn.to_dict())
+
+    async def _ratelimit(self, request: Request) -> Response:
+        """Metapic's rate limit: GET it, POST ``{"limit": N, "window_seconds": S}`` to change it
+        (a fresh window; omitted keys fall back to the documented 300 per 60 s)."""
+        metapic = next((m for m in self.modules if getattr(m, "name", "") == "metapic"), None)
+        if metapic is None:
+            return json_response({"error": "no metapic module"}, 404)
+        if request.method == "POST":
+            body = await _json_body(request)
+            try:
+                self.set_metapic_rate_limit(**body)
+            except (TypeError, ValueError) as exc:
+                return json_response({"error": str(exc)}, 400)
+        return json_response({"limit": metapic.rate_limit, "window_seconds": metapic.rate_window})
+
+    def set_metapic_rate_limit(self, limit: int | None = None, window_seconds: float | None = None) -> None:
+        """Serve Metapic at ``limit`` requests per ``window_seconds`` (defaults: the documented 300 per 60 s)."""
+        from pipelines.sandbox.metapic import DOCUMENTED_RATE_LIMIT, DOCUMENTED_RATE_WINDOW
+
+        for module in self.modules:
+            if getattr(module, "name", "") == "metapic":
+                module.set_rate_limit(
+                    DOCUMENTED_RATE_LIMIT if limit is None else limit,
+                    DOCUMENTED_RATE_WINDOW if window_seconds is None else window_seconds,
+                )
 
     async def _reset_stats(self, request: Request) -> Response:
         self.stats.reset()
