@@ -1,13 +1,20 @@
 """The benchmark: ``python -m bench.run --preset large`` (``make bench``; ``make bench-quick``: medium).
 
 Per preset, against one bench sandbox (its own process, fixed anchor and seed: the same world in
-every run) and for each repeat, in a fresh warehouse:
+every run). The **engine** phases run with Metapic's rate limit lifted on both sides (the sandbox
+serves ``LIFTED_METAPIC_LIMIT`` per minute and the sync's ``METAPIC_RATE_LIMIT`` says the same), so
+they measure our engine rather than Metapic's wait; for each repeat, in a fresh warehouse:
 
-1. full initial sync (``affwh run`` in a subprocess): wall time, records/s, requests, peak RSS;
+1. full initial sync (``affwh run`` in a subprocess): wall time, records/s, requests, peak RSS of
+   its whole process tree;
 2. a no-change incremental sync right after: wall time, requests, rows written (should be 0);
 3. the floor: the requests of step 1 replayed by a bare client, bodies loaded by DuckDB;
 
-then the sandbox advances one day and every repeat's warehouse gets
+then the **real-world** phase (``--real-world N`` times, default once): Metapic back to its
+documented 300 per minute on both sides, a full sync in a fresh warehouse, against the longer of
+Metapic's floor at 300/minute (its requests replayed at that rate) and the other streams' floor
+(from step 3: same world, same requests); then the sandbox advances one day (limit lifted again)
+and every engine repeat's warehouse gets
 
 4. an incremental sync after the day: wall time and requests.
 
@@ -42,6 +49,9 @@ from pipelines.sandbox.world import SCALES
 DEFAULT_REPEATS = {"large": 1, "medium": 3}  # others: 3
 CONCURRENCY_VARS = ("ONLYTRAFFIC_MARKETER_CONCURRENCY", "ONLYTRAFFIC_STUDIO_CONCURRENCY", "CPAMOE_CONCURRENCY", "METAPIC_CONCURRENCY")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# Metapic requests per minute in the engine phases, on the sandbox and in METAPIC_RATE_LIMIT:
+# far above what the sync can send, so neither side ever waits on it.
+LIFTED_METAPIC_LIMIT = 1_000_000
 
 
 def say(message: str) -> None:
@@ -75,10 +85,15 @@ def measured_phase(sandbox: BenchSandbox, runner: SyncRunner) -> tuple[dict[str,
     return data, requests
 
 
-def measured_floor(sandbox: BenchSandbox, requests: list[dict], workdir: Path, concurrency: int) -> dict[str, Any]:
+def measured_floor(sandbox: BenchSandbox, requests: list[dict], workdir: Path, concurrency: int, *,
+                   metapic_limit: tuple[int, float] | None = None, apis: set[str] | None = None) -> dict[str, Any]:
+    """The floor of ``requests``: Metapic held to ``metapic_limit`` (None: lifted, as in the
+    engine phases); ``apis`` limits it to those APIs' streams (the lead register is read only
+    when every API is)."""
     sandbox.reset_rate_limit()
-    streams = floor.fetch(sandbox.info["base_url"], requests, workdir, concurrency)
-    floor.load(streams, workdir, register_csv=sandbox.leads_dir / REGISTER_FILE)
+    streams = floor.fetch(sandbox.info["base_url"], requests, workdir, concurrency,
+                          metapic_limit=metapic_limit, apis=apis)
+    floor.load(streams, workdir, register_csv=sandbox.leads_dir / REGISTER_FILE if apis is None else None)
     return {
         "fetch_s": round(sum(s.fetch_s for s in streams.values()), 3),
         "load_s": round(sum(s.load_s for s in streams.values()), 3),
@@ -87,12 +102,45 @@ def measured_floor(sandbox: BenchSandbox, requests: list[dict], workdir: Path, c
     }
 
 
-def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: Path, keep: bool) -> dict[str, Any]:
+def real_world_phase(sandbox: BenchSandbox, runner: SyncRunner, engine_floor: dict[str, Any], workdir: Path,
+                     concurrency: int, tag: str) -> dict[str, Any]:
+    """A full sync with Metapic at its documented 300 per minute on both sides, and its floor: the
+    longer of Metapic's floor at that rate (its requests replayed) and every other stream's floor
+    (the engine floor's, same world and requests). The sandbox is lifted again on return."""
+    sandbox.set_rate_limit(*floor.METAPIC_LIMIT)
+    try:
+        full, requests = measured_phase(sandbox, runner)
+        say(f"{tag}: real-world full sync {full['wall_s']:.1f}s, {full['requests']:,} requests, "
+            f"Metapic max {full['metapic_max_per_60s']}/60s, exit {full['exit_code']}")
+        metapic = measured_floor(sandbox, requests, workdir, concurrency, metapic_limit=floor.METAPIC_LIMIT,
+                                 apis={"metapic"})
+    finally:
+        sandbox.set_rate_limit(LIFTED_METAPIC_LIMIT)
+    others = {k: v for k, v in engine_floor.get("streams", {}).items() if not k.startswith("metapic")}
+    metapic_s = sum(st["fetch_s"] + st["load_s"] for st in metapic["streams"].values())
+    others_s = sum(st["fetch_s"] + st["load_s"] for st in others.values())
+    lanes = max(metapic_s, others_s)
+    say(f"{tag}: real-world floor: Metapic at 300/min {metapic_s:.1f}s, other streams {others_s:.1f}s")
+    return {
+        "full": full,
+        "metapic_floor": metapic,
+        "metapic_floor_s": round(metapic_s, 3),
+        "others_floor_s": round(others_s, 3),
+        "lanes_floor_s": round(lanes, 3),
+        "ratio": round(full["wall_s"] / lanes, 3) if lanes > 0 else None,
+    }
+
+
+def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: Path, keep: bool,
+                   real_world: int = 1) -> dict[str, Any]:
     say(f"{name}: generating the world and starting the sandbox")
     root = workroot / name
     extra_env = {var: str(concurrency) for var in CONCURRENCY_VARS} if concurrency else {}
+    real_env = dict(extra_env)  # the real-world phase: the sync's own (documented) Metapic limit
+    extra_env["METAPIC_RATE_LIMIT"] = str(LIFTED_METAPIC_LIMIT)
     floor_concurrency = concurrency or 4  # the sync's default per API
     with BenchSandbox(name, root / "sandbox") as sandbox:
+        sandbox.set_rate_limit(LIFTED_METAPIC_LIMIT)  # the engine phases: lifted on both sides
         say(f"{name}: sandbox ready in {sandbox.start_seconds:.0f}s ({sandbox.info['registered_leads']:,} leads registered)")
         preset: dict[str, Any] = {
             "preset": name,
@@ -103,8 +151,10 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
                 "registered_leads": sandbox.info["registered_leads"],
                 "anchor": sandbox.info["anchor"],
             },
+            "metapic_limit": {"engine": LIFTED_METAPIC_LIMIT, "real_world": floor.METAPIC_LIMIT[0]},
             "repeats": [],
             "after_day": [],
+            "real_world": [],
         }
         env = {**sandbox.env, "CPAMOE_LEADS_DIR": str(sandbox.leads_dir)}
         runners = []
@@ -125,6 +175,13 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
                 fl = {"fetch_s": 0.0, "load_s": 0.0, "requests": 0, "streams": {}, "error": f"{type(exc).__name__}: {exc}"}
             say(f"{tag}: floor fetch {fl['fetch_s']:.1f}s + load {fl['load_s']:.1f}s ({fl['requests']:,} requests)")
             preset["repeats"].append({"full": full, "no_change": no_change, "floor": fl})
+        for i in range(real_world):
+            rw_runner = SyncRunner(root / f"realworld{i + 1}", env, real_env)
+            preset["real_world"].append(real_world_phase(
+                sandbox, rw_runner, preset["repeats"][i % repeats]["floor"], root / f"rwfloor{i + 1}",
+                floor_concurrency, f"{name} real world {i + 1}/{real_world}"))
+            if not keep:
+                shutil.rmtree(rw_runner.workdir, ignore_errors=True)
         say(f"{name}: advancing the sandbox one day")
         started = time.monotonic()
         sandbox.advance(days=1)
@@ -162,6 +219,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int,
                         help="requests in flight per API for the sync (all <SOURCE>_CONCURRENCY) and the floor "
                         "(default: the sync's own default, 4)")
+    parser.add_argument("--real-world", type=int, default=1,
+                        help="real-world phases per preset (Metapic at its documented 300/min; default 1, 0: none)")
     parser.add_argument("--workdir", help="where warehouses and sandbox files go (default: a temp dir, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (warehouses, logs)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -192,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             "duckdb": duckdb.__version__,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
-        "settings": {"anchor": DEFAULT_ANCHOR, "seed": 1, "concurrency": args.concurrency or 4},
+        "settings": {"anchor": DEFAULT_ANCHOR, "seed": 1, "concurrency": args.concurrency or 4,
+                     "metapic_limit_engine": LIFTED_METAPIC_LIMIT, "real_world_phases": args.real_world},
         "presets": {},
     }
     tables = []
@@ -200,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.names:
             repeats = args.repeat or DEFAULT_REPEATS.get(name, 3)
-            preset = measure_preset(name, repeats, args.concurrency, workroot, args.keep)
+            preset = measure_preset(name, repeats, args.concurrency, workroot, args.keep, args.real_world)
             medium_rss = None
             if "medium" in run["presets"]:
                 medium_rss = run["presets"]["medium"]["summary"]["full"]["peak_rss_mb"]

@@ -105,6 +105,10 @@ class BenchSandbox:
     def rate_limit(self) -> dict[str, Any]:
         return self._call("GET", "/_bench/ratelimit")
 
+    def set_rate_limit(self, limit: int, window_seconds: float = 60.0) -> dict[str, Any]:
+        """Serve Metapic at ``limit`` requests per window from a fresh window (the sandbox's setting)."""
+        return self._call("POST", "/_sandbox/ratelimit", json={"limit": limit, "window_seconds": window_seconds})
+
     def clock(self) -> str:
         return self._call("GET", "/_sandbox/clock")["now"]
 

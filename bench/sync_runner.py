@@ -4,12 +4,13 @@ Measured from the outside, as a user would experience it: wall time from spawn t
 Dagster start-up included), the process's peak RSS, and what the warehouse says it did
 (``sync_runs``: records, requests and the duration of each stream; rows written).
 
-Peak RSS is the kernel's high-water mark of the sync's own memory (``VmHWM`` in
-``/proc/<pid>/status``, read until the process exits), not ``ru_maxrss`` from ``wait4``: Linux
-folds the memory the child had *before* ``exec`` (a copy of this bench process, which holds the
-floor's DuckDB data by then) into ``ru_maxrss``, so every sync spawned after a floor phase reported
-the bench's own size (1.4 GB on the large preset). ``ru_maxrss`` stays the fallback when
-``/proc`` cannot be read.
+Peak RSS is summed over the sync's whole process tree (the CLI, the executor's forkserver and
+each feed step's process), sampled with psutil every 0.1 s: the steps run in processes of their
+own, so the CLI's figure alone missed most of the memory. It is never below the CLI's own
+high-water mark (``VmHWM`` in ``/proc/<pid>/status``, kept as ``peak_rss_main_mb``), which is read
+instead of ``ru_maxrss`` from ``wait4``: Linux folds the memory the child had *before* ``exec`` (a
+copy of this bench process, which holds the floor's DuckDB data by then) into ``ru_maxrss``.
+``ru_maxrss`` stays the fallback when ``/proc`` cannot be read.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SyncMeasurement:
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # from sync_runs
     history_rows_added: int = 0
     peak_rss_outside_streams_mb: float | None = None
+    peak_rss_main_mb: float | None = None  # VmHWM of the ``affwh run`` process alone
     log_tail: str = ""
     stream_seconds: float = 0.0  # wall time while at least one stream ran (feeds overlap in lanes)
 
@@ -53,6 +55,7 @@ class SyncMeasurement:
             "wall_s": round(self.wall_s, 3),
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "peak_rss_outside_streams_mb": self.peak_rss_outside_streams_mb,
+            "peak_rss_main_mb": self.peak_rss_main_mb,
             "exit_code": self.exit_code,
             "run_id": self.run_id,
             "records": self.records,
@@ -76,14 +79,30 @@ def covered_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def tree_rss_mb(proc: Any) -> float:
+    """RSS of ``proc`` and every descendant, summed (psutil): a sync's feed steps run in
+    processes of their own (the multiprocess executor's forkserver and its workers), so the
+    parent's RSS alone misses most of the memory the user's machine must hold at once."""
+    import psutil
+
+    total = 0
+    for member in [proc, *proc.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue  # exited between listing and reading
+    return total / 2**20
+
+
 class RssSampler:
-    """Samples the sync process's RSS a few times a second (psutil, when installed), so the peak
-    can be attributed to the stream that was running, and its ``VmHWM`` (the kernel's high-water
-    mark, so a spike between samples still counts; only growth in the last 0.1 s can be missed)."""
+    """Samples the RSS of the sync's whole process tree a few times a second (psutil: the process
+    and its descendants, summed), so the peak is what the machine held at once and can be
+    attributed to the stream that was running; and the main process's ``VmHWM`` (the kernel's
+    high-water mark, so a spike of that process between samples still counts)."""
 
     def __init__(self, pid: int, every: float = 0.2) -> None:
-        self.samples: list[tuple[float, float]] = []  # (unix time, MB)
-        self.high_water_mb: float | None = None  # VmHWM: the process's own peak since exec
+        self.samples: list[tuple[float, float]] = []  # (unix time, MB summed over the tree)
+        self.high_water_mb: float | None = None  # VmHWM: the main process's own peak since exec
         self._status = Path(f"/proc/{pid}/status")
         self._stop = threading.Event()
         try:
@@ -103,16 +122,23 @@ class RssSampler:
         if self._thread.is_alive():
             self._thread.join()
 
+    @property
+    def tree_peak_mb(self) -> float | None:
+        """The largest sampled sum over the process tree."""
+        return round(max(mb for _, mb in self.samples), 1) if self.samples else None
+
     def _run(self, every: float) -> None:
         while True:
             self._read_high_water()
-            if self._stop.wait(every):
-                return
             if self._proc is not None:
                 try:
-                    self.samples.append((time.time(), self._proc.memory_info().rss / 2**20))
+                    if not self._proc.is_running() or self._proc.status() == "zombie":
+                        raise ProcessLookupError
+                    self.samples.append((time.time(), tree_rss_mb(self._proc)))
                 except Exception:  # noqa: BLE001 - the process exited
                     self._proc = None
+            if self._stop.wait(every):
+                return
 
     def _read_high_water(self) -> None:
         try:
@@ -177,11 +203,14 @@ class SyncRunner:
                 _, status, usage = os.wait4(proc.pid, 0)
             wall = time.monotonic() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
+        main_peak = rss.high_water_mb or usage.ru_maxrss / 1024  # ru_maxrss: Linux kilobytes
         measurement = SyncMeasurement(
+            # the whole tree's sampled peak; never below the main process's own high-water mark
             wall_s=wall,
-            peak_rss_mb=rss.high_water_mb or usage.ru_maxrss / 1024,  # ru_maxrss: Linux kilobytes
+            peak_rss_mb=max(rss.tree_peak_mb or 0.0, main_peak),
             exit_code=proc.returncode,
             run_id=None,
+            peak_rss_main_mb=round(main_peak, 1),
         )
         if proc.returncode != 0:
             measurement.log_tail = log_path.read_text(errors="replace")[-3000:]

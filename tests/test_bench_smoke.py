@@ -62,6 +62,20 @@ def test_bench_tiny_preset_measures_every_phase(tmp_path: Path, capsys: pytest.C
     assert no_change["rows_written"] == 0 and no_change["history_rows_added"] == 0
     assert after["rows_written"] > 0  # a simulated day changes open orders
 
+    # the engine phases ran with Metapic's limit lifted on both sides, the real-world phase at 300/min
+    assert preset["metapic_limit"] == {"engine": bench_run.LIFTED_METAPIC_LIMIT, "real_world": 300}
+    assert full["metapic_refused"] == 0
+    (real,) = preset["real_world"]
+    assert real["full"]["exit_code"] == 0 and real["full"]["records"] == full["records"]
+    assert real["full"]["metapic_max_per_60s"] <= 300 and real["full"]["metapic_refused"] == 0
+    assert real["metapic_floor_s"] > 0 and real["others_floor_s"] > 0
+    assert real["lanes_floor_s"] == max(real["metapic_floor_s"], real["others_floor_s"])
+    assert set(real["metapic_floor"]["streams"]) == {"metapic_offers", "metapic_participants"}
+    assert "5. real world: full sync (Metapic 300/min)" in out and "REAL WORLD" in out
+    # peak RSS covers the process tree: never below the CLI process's own high-water mark
+    assert full["peak_rss_mb"] >= full["peak_rss_main_mb"] > 0
+
     summary = preset["summary"]
+    assert summary["real_world"]["ratio"] > 0
     assert summary["ratio_to_floor"] > 0
     assert {t["target"] for t in preset["targets"]} >= {"full sync / floor (fetch+load)", "peak RSS of the full sync, MB"}

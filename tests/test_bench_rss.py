@@ -1,0 +1,45 @@
+"""The bench's peak RSS is the whole process tree's, summed: a sync's feed steps run in processes
+of their own, so the CLI process's figure alone misses most of what the machine holds.
+
+Real processes: a parent that holds little starts a child that holds ~150 MB; the sampler must
+see the child's memory, and the parent's own high-water mark must not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+from bench.sync_runner import RssSampler, tree_rss_mb
+
+CHILD = "import time; block = bytearray(150 * 2**20); print('ready', flush=True); time.sleep(60)"
+PARENT = (
+    "import subprocess, sys, time; "
+    f"child = subprocess.Popen([sys.executable, '-c', {CHILD!r}], stdout=subprocess.PIPE, text=True); "
+    "child.stdout.readline(); print('ready', flush=True); time.sleep(2); child.kill(); child.wait()"
+)
+
+
+def test_peak_rss_sums_the_process_tree() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        with RssSampler(proc.pid, every=0.05) as rss:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            whole = tree_rss_mb(psutil.Process(proc.pid))
+            parent_alone = psutil.Process(proc.pid).memory_info().rss / 2**20
+            time.sleep(0.3)
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert parent_alone < 100  # the parent itself holds little...
+    assert whole >= parent_alone + 140  # ...the tree holds the child's 150 MB too
+    assert rss.tree_peak_mb is not None and rss.tree_peak_mb >= parent_alone + 140
+    # the main process's own high-water mark (VmHWM) never saw the child's memory
+    assert rss.high_water_mb is not None and rss.high_water_mb < 100
+    # samples end once the process is gone: no sample after it exited counts
+    assert rss.samples and all(mb > 0 for _, mb in rss.samples)
