@@ -22,17 +22,14 @@ Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from models.status import OPEN_STATUSES, open_raw_statuses, sql_list, terminal_raw_statuses
+from models.status import open_raw_statuses, terminal_raw_statuses
 from pipelines.sources.fetch import Emit
 from pipelines.sources.http import ApiClient, ApiError, AuthError
 from pipelines.sources.status_list import WalkOutcome
 from pipelines.page import Page
-from pipelines.warehouse.loader import summary_step
-from pipelines.warehouse.staging import Field, TableSpec
 
 CPC_PATH = "/api/marketer/cpc/orders"
 CPL_PATH = "/api/marketer/cpl/orders"
@@ -199,86 +196,28 @@ def _newest_first(times: list[datetime | None], previous_oldest: datetime | None
     return all(a >= b for a, b in zip(known, known[1:], strict=False))
 
 
-CPC_ORDERS = TableSpec(
-    table="cpc_orders",
-    source="cpc",
-    key=("order_id",),
-    fields=(
-        Field("order_id", "$.order_id", "id", required=True),
-        Field("of_account_id", "$.of_account_id", "integer"),
-        Field("creative_public_id", "$.creative.public_id", "string"),
-        Field("creative_username", "$.creative.username", "string"),
-        Field("url", "$.url", "string"),
-        Field("clicks_ordered", "$.clicks.ordered", "integer"),
-        Field("clicks_delivered", "$.clicks.delivered", "integer"),
-        Field("price_per_click", "$.price_per_click", "number"),
-        Field("total_earned", "$.total_earned", "number"),
-        Field("date_start", "$.date_start", "epoch"),
-        Field("date_finish", "$.date_finish", "epoch"),
-        Field("created_at", "$.created_at", "timestamp", epoch_fallback="$.created_at_ts"),
-    ),
-)
-
-
-# What a sync of each list reports (read in its commit, after the merge).
-CPC_SUMMARY = summary_step(f"""
-SELECT sum(total_earned) AS earned_usd,
-       count(*) FILTER (WHERE status IN ({sql_list(OPEN_STATUSES)})) AS orders_open,
-       avg(clicks_delivered / nullif(clicks_ordered, 0)) AS avg_fill_rate
-FROM wh.main.cpc_orders
-""")
+# The raw statuses of each list come from models/status.py (mappings "cpc" and "cpl", the ``source``
+# of the feeds' table specs in pipelines/feeds/onlytraffic_marketer.py).
 
 
 def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
     return OffsetStatusListing(
         client,
         CPC_PATH,
-        open_statuses=open_raw_statuses(CPC_ORDERS.source),
-        terminal_statuses=terminal_raw_statuses(CPC_ORDERS.source),
+        open_statuses=open_raw_statuses("cpc"),
+        terminal_statuses=terminal_raw_statuses("cpc"),
         label="cpc_orders",
         limit=limit,
     )
-
-
-CPL_ORDERS = TableSpec(
-    table="cpl_orders",
-    source="cpl",
-    key=("order_id",),
-    fields=(
-        Field("order_id", "$.order_id", "id", required=True),
-        Field("offer_id", "$.offer_id", "integer"),
-        Field("of_account_id", "$.of_account_id", "integer"),
-        Field("campaign_type", "$.campaign_type", "string"),
-        Field("campaign_url", "$.campaign_url", "string"),
-        Field("quantity_ordered", "$.quantity_ordered", "integer"),
-        Field("quantity_delivered", "$.quantity_delivered", "integer"),
-        Field("price_per_fan", "$.price_per_fan", "number"),
-        Field("clicks", "$.clicks", "integer"),
-        Field("total_earned", "$.total_earned", "number"),
-        Field("created_at", "$.created_at", "timestamp", epoch_fallback="$.created_at_ts"),
-        Field("completed_at", "$.completed_at", "timestamp", epoch_fallback="$.completed_at_ts"),
-    ),
-)
-
-
-CPL_SUMMARY = summary_step(f"""
-SELECT sum(total_earned) AS earned_usd,
-       count(*) FILTER (WHERE status IN ({sql_list(OPEN_STATUSES)})) AS orders_open,
-       avg(quantity_delivered / nullif(quantity_ordered, 0)) AS avg_fill_rate
-FROM wh.main.cpl_orders
-""")
 
 
 def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
     return OffsetStatusListing(
         client,
         CPL_PATH,
-        open_statuses=open_raw_statuses(CPL_ORDERS.source),
-        terminal_statuses=terminal_raw_statuses(CPL_ORDERS.source),
+        open_statuses=open_raw_statuses("cpl"),
+        terminal_statuses=terminal_raw_statuses("cpl"),
         label="cpl_orders",
         limit=limit,
         optional_statuses=("cancelled",),
     )
-
-
-LogFn = Callable[[str], None]

@@ -17,55 +17,52 @@ from pipelines.checks import history_intervals_check, sql_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
 from pipelines.settings import load_env_file
-from pipelines.sources import onlytraffic_marketer as marketer
-from pipelines.sources import onlytraffic_studio as studio
-from pipelines.feeds.status_lists import SyncReport, sync_status_listing
+from pipelines.feeds import onlytraffic_marketer as marketer
+from pipelines.feeds import onlytraffic_studio as studio
+from pipelines.feeds.status_lists import SyncReport
+from pipelines.sources.onlytraffic_studio import MAX_PAGE_SIZE, PageStatusListing
+
 
 def sync_cpc_orders(run: FeedRun, progress) -> SyncReport:
-    return _sync_marketer_list(run, progress, marketer.cpc_listing, marketer.CPC_ORDERS, marketer.CPC_SUMMARY)
+    return _sync_marketer_list(run, progress, marketer.sync_cpc_orders)
 
 
 def sync_cpl_orders(run: FeedRun, progress) -> SyncReport:
-    return _sync_marketer_list(run, progress, marketer.cpl_listing, marketer.CPL_ORDERS, marketer.CPL_SUMMARY)
+    return _sync_marketer_list(run, progress, marketer.sync_cpl_orders)
 
 
-def _sync_marketer_list(run: FeedRun, progress, make_listing, spec, summary) -> SyncReport:
+def _sync_marketer_list(run: FeedRun, progress, sync) -> SyncReport:
     resource = run.onlytraffic_marketer
     with resource.client(on_retry=run.log.warning) as client:
-        return sync_status_listing(
+        return sync(
             warehouse=run.open_warehouse(),
             client=client,
-            listing=make_listing(client, resource.page_size or marketer.MAX_LIMIT),
-            spec=spec,
             run_id=run.run_id,
+            page_size=resource.page_size,
             full_refresh=run.full_refresh,
             max_workers=resource.max_concurrency,
-            steps=(summary,),
             log=run.log.info,
             on_progress=progress,
         )
 
 
-def _swap_listing(client, resource: OnlyTrafficStudioResource) -> studio.PageStatusListing:
-    return studio.PageStatusListing(
+def _swap_listing(client, resource: OnlyTrafficStudioResource) -> PageStatusListing:
+    return PageStatusListing(
         client,
-        page_size=resource.page_size or studio.MAX_PAGE_SIZE,
+        page_size=resource.page_size or MAX_PAGE_SIZE,
         concurrency=resource.max_concurrency,
     )
 
 
 def sync_swap_orders(run: FeedRun, progress) -> SyncReport:
     with run.onlytraffic_studio.client(on_retry=run.log.warning) as client:
-        return sync_status_listing(
+        return studio.sync_swap_orders(
             warehouse=run.open_warehouse(),
             client=client,
             listing=_swap_listing(client, run.onlytraffic_studio),
-            spec=studio.SWAP_ORDERS,
-            extra_specs=(studio.SWAP_ORDER_SIDES,),
             run_id=run.run_id,
             full_refresh=run.full_refresh,
             max_workers=run.onlytraffic_studio.max_concurrency,
-            steps=(studio.SWAP_SUMMARY,),
             log=run.log.info,
             on_progress=progress,
         )
