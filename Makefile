@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test ui bench bench-quick bench-profile sandbox query clean install
+.PHONY: run test ui bench bench-quick bench-profile sandbox query report clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ ui: $(STAMP)
 ## make query SQL="select ...": run SQL against the warehouse and print a table
 query: $(STAMP)
 	$(PY) -m pipelines.cli query "$(SQL)"
+
+## make report: write the warehouse as one self-contained HTML page (data/report.html; ARGS="--output FILE")
+report: $(STAMP)
+	$(PY) -m pipelines.cli report $(ARGS)
 
 ## make sandbox: serve the API sandbox alone and print the variables that point at it
 sandbox: $(STAMP)

@@ -267,6 +267,23 @@ def cmd_query(args: argparse.Namespace) -> int:
     return run_query(env("WAREHOUSE_PATH"), args.sql, max_rows=args.max_rows)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report (pipelines/report); the warehouse is only read."""
+    import duckdb
+
+    from pipelines.report import write_report
+
+    output = Path(args.output) if args.output else _data_dir() / "report.html"
+    try:
+        data = write_report(env("WAREHOUSE_PATH"), output)
+    except duckdb.Error as exc:
+        print(f"report failed: {exc}", file=sys.stderr)
+        return 1
+    state = "" if data.synced else " (no sync has written the warehouse yet: the page says so)"
+    print(f"wrote {output}{state}")
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from pipelines.sandbox.__main__ import main as sandbox_main
 
@@ -329,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     query.add_argument("sql")
     query.add_argument("--max-rows", type=int, default=100)
     query.set_defaults(func=cmd_query)
+
+    report = sub.add_parser("report", help="write the warehouse as one self-contained HTML page (charts, alerts, syncs)")
+    report.add_argument("--output", help="the HTML file to write (default: report.html beside the warehouse, data/report.html)")
+    report.set_defaults(func=cmd_report)
 
     sandbox = sub.add_parser("sandbox", help="serve the API sandbox alone")
     sandbox.add_argument("--scale", default="small")
