@@ -2,7 +2,7 @@
 
 Money is in currency units (``cpc`` converted from the API's minor units), never minor units.
 No e-mail address is stored anywhere: a participant known only by e-mail is keyed by a hash of it
-(see :mod:`pipelines.sources.metapic`).
+(see :mod:`pipelines.feeds.metapic_keys`).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ ENTITY_KEYS = {
 }
 # History sources whose entities can leave their table, with the table and the entity ids (and
 # statuses) still in it: Metapic participants a complete read no longer lists are removed (the
-# snapshot rule in pipelines/sources/metapic.py's docstring). Written here from the documented entity id
+# snapshot rule, pipelines/feeds/metapic_snapshot.py). Written here from the documented entity id
 # (``<offer_id>:<participant_key>``), not taken from the pipeline's code.
 REMOVABLE = {
     "metapic_participant": (

@@ -15,6 +15,11 @@ from pipelines import settings
 from pipelines.checks import check_specs, evaluate_checks, history_intervals_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
+# module aliases: the asset objects below are named like the feed modules
+from pipelines.feeds import metapic_offers as offers_feed
+from pipelines.feeds import metapic_participants as participants_feed
+from pipelines.feeds import metapic_stats as stats_feed
+from pipelines.feeds.metapic_specs import DAILY_STATS, PARTICIPANT_ENTITIES_SQL
 from pipelines.sources import metapic as source
 from pipelines.feeds.status_lists import SyncReport
 
@@ -38,13 +43,13 @@ def sync_offers(run: FeedRun, progress) -> SyncReport:
     # the list is read whole every run: full_refresh changes nothing
     with metapic_fetcher(run.metapic, run.log) as fetcher:
         fetcher.on_progress = progress
-        return source.sync_offers(warehouse=run.open_warehouse(), fetcher=fetcher, run_id=run.run_id)
+        return offers_feed.sync_offers(warehouse=run.open_warehouse(), fetcher=fetcher, run_id=run.run_id)
 
 
 def sync_participants(run: FeedRun, progress) -> SyncReport:
     with metapic_fetcher(run.metapic, run.log) as fetcher:
         fetcher.on_progress = progress
-        return source.sync_participants(
+        return participants_feed.sync_participants(
             warehouse=run.open_warehouse(),
             fetcher=fetcher,
             run_id=run.run_id,
@@ -83,11 +88,11 @@ def metapic_participant_daily_stats(
             fetcher.on_progress = progress
             wh = warehouse.open(on_wait=context.log.warning)
             for day in days:
-                report = source.sync_daily_stats(warehouse=wh, fetcher=fetcher, run_id=context.run_id, day=day)
+                report = stats_feed.sync_daily_stats(warehouse=wh, fetcher=fetcher, run_id=context.run_id, day=day)
                 received = report.result.primary.received if report.result else 0
                 context.log.info(f"{day}: {report.requests} requests, {received} rows")
                 reports.append(report)
-        return source.combine_reports(source.DAILY_STATS.table, reports)
+        return stats_feed.combine_reports(DAILY_STATS.table, reports)
 
     yield materialize_asset(context, sync)
     yield from evaluate_checks(warehouse, DAILY_CHECKS, log=context.log)
@@ -118,7 +123,7 @@ metapic_participants = feed_asset(
     checks=[
         *standard_checks("metapic_participants", "metapic_participants", ["offer_id", "participant_key"]),
         # entities leave this table (snapshot rule): their history ends without a current row
-        history_intervals_check("metapic_participants", "metapic_participant", source.PARTICIPANT_ENTITIES_SQL),
+        history_intervals_check("metapic_participants", "metapic_participant", PARTICIPANT_ENTITIES_SQL),
     ],
 )
 
