@@ -22,7 +22,6 @@ import random
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,8 @@ from urllib.parse import quote, quote_plus
 import certifi
 import httpx
 import orjson
+
+from pipelines.sources.rate_limit import RateLimiter
 
 # httpx logs every request URL at INFO; some sources carry their key in the URL.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -107,54 +108,6 @@ class RetryPolicy:
         return random.uniform(0, ceiling)  # full jitter
 
 
-class RateLimiter:
-    """At most ``max_calls`` requests started in any ``period`` seconds (sliding window).
-
-    :meth:`shared` gives one limiter per API account and process, so every client of a run
-    (each asset has its own) draws from the same budget instead of each assuming it has all of it.
-    """
-
-    _shared: dict[tuple, RateLimiter] = {}
-    _shared_lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, account: tuple, max_calls: int, period: float) -> RateLimiter:
-        key = (*account, max_calls, period)
-        with cls._shared_lock:
-            if key not in cls._shared:
-                cls._shared[key] = cls(max_calls, period)
-            return cls._shared[key]
-
-    def __init__(self, max_calls: int, period: float) -> None:
-        self.max_calls = max_calls
-        self.period = period
-        self._starts: deque[float] = deque()
-        self._lock = threading.Lock()
-        self._paused_until = 0.0
-
-    def acquire(self) -> float:
-        """Block until a request may start; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                while self._starts and now - self._starts[0] >= self.period:
-                    self._starts.popleft()
-                wait = max(self._paused_until - now, 0.0)
-                if not wait and len(self._starts) < self.max_calls:
-                    self._starts.append(now)
-                    return waited
-                if not wait:
-                    wait = self.period - (now - self._starts[0])
-            time.sleep(wait)
-            waited += wait
-
-    def pause_for(self, seconds: float) -> None:
-        """The server said the window is spent: nobody starts a request for ``seconds``."""
-        with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-
 @dataclass
 class RequestStats:
     requests: int = 0
@@ -223,6 +176,7 @@ class ApiClient:
         max_concurrency: int = 4,
         rate_limiter: RateLimiter | None = None,
         on_retry: Callable[[str], None] | None = None,
+        json_answers: bool = True,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -232,6 +186,8 @@ class ApiClient:
         self.retry = retry or RetryPolicy()
         self.rate_limiter = rate_limiter
         self.on_retry = on_retry
+        # False for receivers whose success body is not JSON (a webhook's "ok", an empty 204)
+        self.json_answers = json_answers
         self.stats = RequestStats()
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._client = httpx.Client(
@@ -338,7 +294,7 @@ class ApiClient:
             )
         if status >= 400:
             raise ApiError(f"HTTP {status}{self._detail(parsed)}", endpoint=endpoint, status_code=status)
-        if parse_error:
+        if parse_error and self.json_answers:
             raise ApiError(f"malformed JSON in HTTP {status} body", endpoint=endpoint, retryable=True)
         if self.envelope is not None:
             try:
