@@ -1,40 +1,25 @@
 """How the project runs unattended: schedules, the automation sensor and freshness policies.
 
-Everything here is built from environment variables (defaults below and in the README,
-"Operations") and applied to the definitions in one place, so feed modules carry no operational
-settings. Schedules and the sensor are RUNNING by default, which in Dagster means they fire only
+Everything here is built from environment variables (declared, with their defaults and checks, in
+:mod:`pipelines.settings`, whence the README's "Operations" table) and applied to the definitions
+in one place, so feed modules carry no operational settings. Schedules and the sensor are RUNNING by default, which in Dagster means they fire only
 while the daemon runs (``make ui`` / ``dg dev``, or ``dagster-daemon run``); nothing fires from
 ``make run`` or the tests' in-process runs.
 """
 
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import dagster as dg
 
+from pipelines import settings
 from pipelines.run_recovery import recover_killed_runs
 
 # dagster's own cron helpers (the ones its scheduler uses), so "is this a tick of that cron" agrees
 # with the daemon exactly.
-from dagster._utils.schedules import get_next_cron_tick, is_valid_cron_string
-
-DEFAULTS: dict[str, str] = {
-    "SYNC_OPEN_RECORDS_CRON": "*/30 * * * *",
-    "RECONCILE_CRON": "0 3 * * *",
-    "DAILY_PARTITIONS_CRON": "0 2 * * *",
-    "SCHEDULES_TIMEZONE": "UTC",
-    "SCHEDULES_DEFAULT_STATUS": "running",
-    "AUTOMATION_DEFAULT_STATUS": "running",
-    "AUTOMATION_INTERVAL_SECONDS": "30",
-    "FRESHNESS_WARN_MINUTES": "60",
-    "FRESHNESS_FAIL_MINUTES": "180",
-    "FRESHNESS_DAILY_WARN_HOURS": "26",
-    "FRESHNESS_DAILY_FAIL_HOURS": "50",
-}
+from dagster._utils.schedules import get_next_cron_tick
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -44,46 +29,8 @@ IN_FLIGHT = [
 ]
 
 
-def _value(name: str) -> str:
-    return (os.environ.get(name) or DEFAULTS[name]).strip()
-
-
-def _cron(name: str) -> str:
-    value = _value(name)
-    if not is_valid_cron_string(value):
-        raise ValueError(f"{name}={value!r} is not a cron expression (e.g. {DEFAULTS[name]!r})")
-    return value
-
-
-def _timezone(name: str) -> str:
-    value = _value(name)
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name}={value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
-    return value
-
-
-def _positive(name: str) -> float:
-    value = _value(name)
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number") from None
-    if number <= 0:
-        raise ValueError(f"{name}={value!r} must be positive")
-    return number
-
-
-def _running(name: str) -> bool:
-    value = _value(name).lower()
-    if value not in ("running", "stopped"):
-        raise ValueError(f"{name}={value!r}: use running or stopped")
-    return value == "running"
-
-
 def _window(warn_name: str, fail_name: str, unit: timedelta) -> tuple[timedelta, timedelta]:
-    warn, fail = _positive(warn_name) * unit, _positive(fail_name) * unit
+    warn, fail = settings.value(warn_name) * unit, settings.value(fail_name) * unit
     if warn >= fail:
         raise ValueError(f"{warn_name} must be shorter than {fail_name}")
     return warn, fail
@@ -106,13 +53,13 @@ class OperationsSettings:
     @classmethod
     def from_env(cls) -> "OperationsSettings":
         return cls(
-            open_records_cron=_cron("SYNC_OPEN_RECORDS_CRON"),
-            reconcile_cron=_cron("RECONCILE_CRON"),
-            daily_partitions_cron=_cron("DAILY_PARTITIONS_CRON"),
-            timezone=_timezone("SCHEDULES_TIMEZONE"),
-            schedules_running=_running("SCHEDULES_DEFAULT_STATUS"),
-            automation_running=_running("AUTOMATION_DEFAULT_STATUS"),
-            automation_interval_seconds=int(_positive("AUTOMATION_INTERVAL_SECONDS")),
+            open_records_cron=settings.value("SYNC_OPEN_RECORDS_CRON"),
+            reconcile_cron=settings.value("RECONCILE_CRON"),
+            daily_partitions_cron=settings.value("DAILY_PARTITIONS_CRON"),
+            timezone=settings.value("SCHEDULES_TIMEZONE"),
+            schedules_running=settings.value("SCHEDULES_DEFAULT_STATUS") == "running",
+            automation_running=settings.value("AUTOMATION_DEFAULT_STATUS") == "running",
+            automation_interval_seconds=max(int(settings.value("AUTOMATION_INTERVAL_SECONDS")), 1),
             freshness=_window("FRESHNESS_WARN_MINUTES", "FRESHNESS_FAIL_MINUTES", timedelta(minutes=1)),
             daily_freshness=_window("FRESHNESS_DAILY_WARN_HOURS", "FRESHNESS_DAILY_FAIL_HOURS", timedelta(hours=1)),
         )

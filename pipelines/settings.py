@@ -83,14 +83,45 @@ def _scale(raw: Any) -> str:
     return str(raw)
 
 
+def _cron(raw: Any) -> str:
+    # dagster's own cron check (the one its scheduler uses); imported only when a cron is set
+    from dagster._utils.schedules import is_valid_cron_string
+
+    if not is_valid_cron_string(str(raw).strip()):
+        raise ValueError("is not a cron expression (e.g. '*/30 * * * *')")
+    return str(raw).strip()
+
+
+def _timezone(raw: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(str(raw).strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    return str(raw).strip()
+
+
+def _running(raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value not in ("running", "stopped"):
+        raise ValueError("is not one of running, stopped")
+    return value
+
+
 BaseUrl = Annotated[str, BeforeValidator(_base_url)]
 Concurrency = Annotated[int, BeforeValidator(_number(1, whole=True))]
 PageSize = Annotated[int, BeforeValidator(_number(0, whole=True))]
 Day = Annotated[str, BeforeValidator(_day)]
 Timestamp = Annotated[str, BeforeValidator(_timestamp)]
+Cron = Annotated[str, BeforeValidator(_cron)]
+TimeZone = Annotated[str, BeforeValidator(_timezone)]
+Status = Annotated[str, BeforeValidator(_running)]
+Positive = Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))]
 
 CONNECTION = "connection"  # the README's first table: where to read and write, credentials
 TUNING = "tuning"  # the README's second table: all optional
+OPERATIONS = "operations"  # the README's third table: schedules, sensors, freshness (read when definitions load)
 
 
 def setting(
@@ -235,7 +266,9 @@ class Settings(BaseModel):
         group=TUNING,
     )
     dagster_home: str = setting(
-        "DAGSTER_HOME", ".dagster_home", "Dagster instance folder (runs, schedules); `dagster.yaml` is copied there",
+        "DAGSTER_HOME", ".dagster_home",
+        "Dagster instance folder (runs, schedules; `deploy/dagster.yaml` is copied there); unset, `make`/`affwh` "
+        "use `.dagster_home` in the project, `dg` a throwaway one: `.env.example` sets it for `dg` (see *Operations*)",
         group=TUNING,
     )
     dagster_ui_port: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
@@ -256,6 +289,47 @@ class Settings(BaseModel):
         "follow this clock (`GET` answering `{\"now\": ISO-8601}`, read at most once a second; unreachable = "
         "error) instead of the wall clock; `make run`/`make ui` set it to the built-in sandbox's `/_sandbox/clock`",
         group=TUNING, unset="unset (wall clock)",
+    )
+
+    sync_open_records_cron: Cron = setting(
+        "SYNC_OPEN_RECORDS_CRON", "*/30 * * * *", "cron of the `sync_open_records` schedule (incremental `sync_all`)",
+        group=OPERATIONS,
+    )
+    reconcile_cron: Cron = setting(
+        "RECONCILE_CRON", "0 3 * * *", "cron of the `daily_reconciliation` schedule (`sync_all`, full refresh)",
+        group=OPERATIONS,
+    )
+    daily_partitions_cron: Cron = setting(
+        "DAILY_PARTITIONS_CRON", "0 2 * * *", "cron of the two `*_latest_day` schedules (the latest complete day)",
+        group=OPERATIONS,
+    )
+    schedules_timezone: TimeZone = setting(
+        "SCHEDULES_TIMEZONE", "UTC", "time zone of those crons (partitions are UTC days whatever it is)",
+        group=OPERATIONS,
+    )
+    schedules_default_status: Status = setting(
+        "SCHEDULES_DEFAULT_STATUS", "running", "`running` or `stopped`: the schedules' status until changed in the UI",
+        group=OPERATIONS,
+    )
+    automation_default_status: Status = setting(
+        "AUTOMATION_DEFAULT_STATUS", "running", "`running` or `stopped`: the automation sensor's (views follow tables)",
+        group=OPERATIONS,
+    )
+    automation_interval_seconds: Positive = setting(
+        "AUTOMATION_INTERVAL_SECONDS", 30, "how often the automation sensor evaluates", group=OPERATIONS
+    )
+    freshness_warn_minutes: Positive = setting(
+        "FRESHNESS_WARN_MINUTES", 60, "current-state assets are *warning* when older (less than the fail window)",
+        group=OPERATIONS,
+    )
+    freshness_fail_minutes: Positive = setting(
+        "FRESHNESS_FAIL_MINUTES", 180, "current-state assets are *failed* when older", group=OPERATIONS
+    )
+    freshness_daily_warn_hours: Positive = setting(
+        "FRESHNESS_DAILY_WARN_HOURS", 26, "daily partitioned assets are *warning* when older", group=OPERATIONS
+    )
+    freshness_daily_fail_hours: Positive = setting(
+        "FRESHNESS_DAILY_FAIL_HOURS", 50, "daily partitioned assets are *failed* when older", group=OPERATIONS
     )
 
     @classmethod
@@ -299,8 +373,13 @@ def problems(environ: Mapping[str, str] | None = None) -> list[str]:
         try:
             _ADAPTERS[name].validate_python(raw)
         except ValidationError as exc:
-            found.append(f"{name}={raw!r} {_reason(exc)}")
+            found.append(f"{name}={_shown(name, raw)} {_reason(exc)}")
     return found
+
+
+def _shown(name: str, raw: str) -> str:
+    """The value as a problem sentence quotes it: a secret's never."""
+    return "(hidden)" if _extra(name)["secret"] else repr(raw)
 
 
 def _reason(exc: ValidationError) -> str:
@@ -317,7 +396,7 @@ def value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     try:
         return _ADAPTERS[name].validate_python(raw)
     except ValidationError as exc:
-        raise ValueError(f"{name}={raw!r} {_reason(exc)}") from None
+        raise ValueError(f"{name}={_shown(name, raw)} {_reason(exc)}") from None
 
 
 def env(name: str) -> str:
@@ -390,7 +469,9 @@ def readme_tables() -> str:
     """Both configuration tables, as the README's Configuration section shows them."""
     return (
         "Environment variables (a `.env` file in the project root is read too; variables already set win):\n\n"
-        f"{readme_table(CONNECTION)}\n\nTuning (all optional):\n\n{readme_table(TUNING)}\n"
+        f"{readme_table(CONNECTION)}\n\nTuning (all optional):\n\n{readme_table(TUNING)}\n\n"
+        "Operations (all optional; read when the code location loads, see *Operations*):\n\n"
+        f"{readme_table(OPERATIONS)}\n"
     )
 
 
