@@ -3,9 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# DAGSTER_HOME: set it to override; unset, every `affwh` command (so every target here) uses the one
+# default declared in pipelines/settings.py (.dagster_home in the project). See README, "Operations".
 
-.PHONY: run test ui bench bench-quick bench-profile sandbox query report clean install
+.PHONY: run test ui status bench bench-quick bench-profile sandbox query report clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,17 +28,21 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(PY) -m pipelines.cli ui $(ARGS)
 
-## make query SQL="select ...": run SQL against the warehouse and print a table
+## make status: per stream, what the last sync did, its last failure, quarantine, freshness (ARGS="--json")
+status: $(STAMP)
+	$(PY) -m pipelines.cli status $(ARGS)
+
+## make query SQL="select ...": run SQL against the warehouse (read-only) and print a table
 query: $(STAMP)
-	$(PY) -m pipelines.cli query "$(SQL)"
+	@$(PY) -m pipelines.cli query "$(SQL)" $(ARGS)
 
 ## make report: write the warehouse as one self-contained HTML page (data/report.html; ARGS="--output FILE")
 report: $(STAMP)
 	$(PY) -m pipelines.cli report $(ARGS)
 
-## make sandbox: serve the API sandbox alone and print the variables that point at it
+## make sandbox: serve the API sandbox alone and print every variable that points a sync at it
 sandbox: $(STAMP)
-	$(PY) -m pipelines.sandbox $(ARGS)
+	$(PY) -m pipelines.cli sandbox $(ARGS)
 
 ## make bench: the performance harness (large preset); make bench-quick: the medium preset;
 ## make bench-profile: py-spy profile of one full sync (medium; installs the bench extra). See bench/README.md

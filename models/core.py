@@ -49,6 +49,19 @@ sync_runs = sa.Table(
     sa.Column("warnings", sa.JSON),
 )
 
+# The last failure of each sync of a stream (one line, secrets already redacted by the HTTP
+# layer): written by the stream driver in its own short transaction after the failed one rolled
+# back, so `affwh status` can name what broke. A run that commits has no row here.
+sync_failures = sa.Table(
+    "sync_failures",
+    metadata,
+    text("run_id", primary_key=True),
+    text("stream", primary_key=True),
+    tstz("started_at"),
+    tstz("failed_at", nullable=False),
+    text("reason", nullable=False),
+)
+
 # Records that could not be typed (a field of the wrong type): kept with the reason, never coerced.
 quarantine = sa.Table(
     "quarantine",

@@ -1,7 +1,8 @@
-"""Command line: ``affwh run | ui | query | sandbox`` (also ``python -m pipelines.cli``).
+"""Command line: ``affwh run | ui | status | query | sandbox | ...`` (also ``python -m pipelines.cli``).
 
 ``run`` executes the ``sync_all`` job in this process against a persistent Dagster instance
-(``DAGSTER_HOME``, default ``.dagster_home``), so its runs show in the UI afterwards. With no
+(``DAGSTER_HOME``, default ``.dagster_home`` in the project: the one instance of every route, see
+:func:`ensure_dagster_home`), so its runs show in the UI afterwards. With no
 credentials in the environment it first starts the built-in sandbox, points every source at it
 and makes the warehouse clock follow the sandbox's simulated clock (``WAREHOUSE_CLOCK_URL``).
 """
@@ -24,16 +25,27 @@ from pathlib import Path
 
 from pipelines.allocator import limit_malloc_arenas
 from pipelines.clock import CLOCK_URL_VARIABLE
-from pipelines.settings import ALL_SOURCES, any_credentials_set, env, load_env_file
+from pipelines.settings import ALL_SOURCES, FIELDS, any_credentials_set, env, load_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The project's Dagster instance configuration, copied into DAGSTER_HOME. Not in the project root:
+# `dg dev` runs from there and warns that a dagster.yaml in its folder "will not be used".
+INSTANCE_CONFIG = PROJECT_ROOT / "deploy" / "dagster.yaml"
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME if set (relative to the current folder), else the settings' default in the
+    project root: the same folder whichever folder ``affwh`` or ``make`` is started from."""
+    raw = os.environ.get("DAGSTER_HOME")
+    return Path(raw).resolve() if raw else (PROJECT_ROOT / FIELDS["DAGSTER_HOME"].default).resolve()
 
 
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME (default ``.dagster_home``) holding the project's ``dagster.yaml``."""
-    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home").resolve()
+    """:func:`dagster_home`, created, holding the project's ``dagster.yaml``, and exported (so the
+    processes started from here, ``dg dev`` and its run workers, use the same instance)."""
+    home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    source = PROJECT_ROOT / "dagster.yaml"
+    source = INSTANCE_CONFIG
     target = home / "dagster.yaml"
     if source.exists() and source.resolve() != target.resolve():
         if not target.exists() or target.read_text() != source.read_text():
@@ -165,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.warehouse.summary import print_summary
 
     ensure_dagster_home()
+    first_sync = _never_synced()
     with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
         report_sources(sandbox_env)
         print(f"Warehouse: {env('WAREHOUSE_PATH')}\n")
@@ -195,8 +208,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print("Syncing (the run is recorded in the Dagster instance; `make ui` shows it):")
             if not _sync_once(run_config, instance):
                 return 1
-        print_summary(env("WAREHOUSE_PATH"))
+        print_summary(env("WAREHOUSE_PATH"), first_sync=first_sync)
     return 0
+
+
+def _never_synced() -> bool:
+    """True when no stream has committed into the warehouse yet (its first sync is about to run)."""
+    import duckdb
+
+    from pipelines.warehouse.status import never_synced
+
+    try:
+        return never_synced(env("WAREHOUSE_PATH"), lock_timeout=0)
+    except duckdb.Error:  # held by a writer: it has been synced
+        return False
 
 
 def _sync_once(run_config: dict, instance) -> bool:
@@ -261,10 +286,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
             return 0
 
 
+QUERY_USAGE = (
+    'usage: make query SQL="SELECT ..."   or   affwh query "SELECT ..." [--max-rows N]\n'
+    "  runs one SQL statement read-only against the warehouse and prints a table, e.g.\n"
+    '  make query SQL="SELECT source, currency, round(sum(earned), 2) AS earned FROM v_earnings_daily GROUP BY ALL"\n'
+    "  tables and views: make query SQL=\"SHOW TABLES\""
+)
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from pipelines.warehouse.summary import run_query
 
+    if not (args.sql or "").strip():
+        print(QUERY_USAGE, file=sys.stderr)
+        return 2
     return run_query(env("WAREHOUSE_PATH"), args.sql, max_rows=args.max_rows)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.cli_status import run_status
+
+    return run_status(env("WAREHOUSE_PATH"), as_json=args.json, wait_seconds=args.wait)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -287,7 +329,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from pipelines.sandbox.__main__ import main as sandbox_main
 
-    sandbox_main(["--scale", args.scale, "--port", str(args.port)])
+    # the lead register and payouts of the sandbox world beside the warehouse, as `affwh run` does
+    leads_dir = _data_dir() / "sandbox_cpamoe_leads"
+    sandbox_main(["--scale", args.scale, "--port", str(args.port), "--leads-dir", str(leads_dir)])
     return 0
 
 
@@ -322,51 +366,123 @@ def cmd_submit_lead(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()  # before any thread starts: see pipelines/allocator.py
-    load_env_file()
-    parser = argparse.ArgumentParser(prog="affwh", description="Affiliate-network warehouse")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _bounded_int(name: str, low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high`` (the usage names the range)."""
 
-    run = sub.add_parser("run", help="run the sync_all job (sandbox when no credentials are set)")
-    run.add_argument("--scale", default=os.environ.get("SANDBOX_SCALE", "small"))
+    def parse(raw: str) -> int:
+        try:
+            number = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {raw!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be from {low} to {high}, not {number}")
+        return number
+
+    return parse
+
+
+def _scale_option(parser: argparse.ArgumentParser) -> None:
+    from pipelines.sandbox.world import SCALES  # the sandbox's presets are the one list
+
+    parser.add_argument(
+        "--scale", choices=list(SCALES), default=env("SANDBOX_SCALE"),
+        help=f"size of the sandbox world when the sandbox is used (default: SANDBOX_SCALE, {env('SANDBOX_SCALE')})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and option, each with its help (defaults from :mod:`pipelines.settings`)."""
+    parser = argparse.ArgumentParser(
+        prog="affwh",
+        description="Affiliate-network warehouse: sync the sources into DuckDB, look at what the syncs did.",
+        epilog="Settings come from the environment or .env (README, Configuration). Without credentials, "
+        "run and ui use the built-in sandbox.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run the sync_all job once (sandbox when no credentials are set)",
+        description="Sync every configured source into the warehouse (the sync_all job, recorded in the "
+        "Dagster instance of DAGSTER_HOME), then print a summary.",
+    )
+    _scale_option(run)
     run.add_argument("--sandbox", action="store_true", help="use the sandbox even if credentials are set")
-    run.add_argument("--full-refresh", action="store_true", help="re-read every record")
+    run.add_argument("--full-refresh", action="store_true", help="re-read every record (as the daily reconciliation does)")
     run.add_argument("--verbose", action="store_true", help="Dagster's full event log instead of the progress display")
     run.set_defaults(func=cmd_run)
 
-    ui = sub.add_parser("ui", help="start the Dagster UI (dg dev)")
-    ui.add_argument("--scale", default=os.environ.get("SANDBOX_SCALE", "small"))
-    ui.add_argument("--sandbox", action="store_true")
-    ui.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_UI_PORT", "3000")))
-    ui.add_argument("--host", default="127.0.0.1")
+    ui = sub.add_parser(
+        "ui", help="start the Dagster UI (dg dev) with its daemon",
+        description="Start the Dagster UI and daemon on this code location (schedules and sensors run while it does).",
+    )
+    _scale_option(ui)
+    ui.add_argument("--sandbox", action="store_true", help="use the sandbox even if credentials are set")
+    ui.add_argument(
+        "--port", type=_bounded_int("port", 1, 65535), default=env("DAGSTER_UI_PORT"), metavar="{1..65535}",
+        help=f"port of the UI (default: DAGSTER_UI_PORT, {env('DAGSTER_UI_PORT')})",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.set_defaults(func=cmd_ui)
 
-    query = sub.add_parser("query", help="run SQL against the warehouse and print a table")
-    query.add_argument("sql")
-    query.add_argument("--max-rows", type=int, default=100)
+    status = sub.add_parser(
+        "status", help="what the last syncs did, per stream: counts, failures, quarantine, freshness",
+        description="Per stream: the last committed run (when, full or incremental, records, inserted/updated/"
+        "unchanged, requests, retries, warnings, duration), the last failure, rows in quarantine per reason "
+        "and whether the stream is within its freshness policy. Read-only.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
+    status.add_argument(
+        "--wait", type=float, default=30.0, metavar="SECONDS",
+        help="how long to wait while a sync holds the warehouse (it does while it commits; default: 30)",
+    )
+    status.set_defaults(func=cmd_status)
+
+    query = sub.add_parser(
+        "query", help="run SQL against the warehouse (read-only) and print a table",
+        description=QUERY_USAGE.removeprefix("usage: "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    query.add_argument("sql", nargs="?", default="", help='one SQL statement, e.g. "SELECT * FROM v_summary"')
+    query.add_argument(
+        "--max-rows", type=_bounded_int("--max-rows", 1, 1_000_000), default=100, metavar="{1..1000000}",
+        help="rows printed at most (default: 100)",
+    )
     query.set_defaults(func=cmd_query)
 
     report = sub.add_parser("report", help="write the warehouse as one self-contained HTML page (charts, alerts, syncs)")
     report.add_argument("--output", help="the HTML file to write (default: report.html beside the warehouse, data/report.html)")
     report.set_defaults(func=cmd_report)
 
-    sandbox = sub.add_parser("sandbox", help="serve the API sandbox alone")
-    sandbox.add_argument("--scale", default="small")
-    sandbox.add_argument("--port", type=int, default=0)
+    sandbox = sub.add_parser(
+        "sandbox", help="serve the API sandbox alone and print the variables that point a sync at it",
+        description="Serve the API sandbox (simulated APIs of every source) until Ctrl-C, and print "
+        "`export VAR=value` lines for every variable a sync needs.",
+    )
+    _scale_option(sandbox)
+    sandbox.add_argument(
+        "--port", type=_bounded_int("port", 0, 65535), default=0, metavar="{0..65535}",
+        help="TCP port to serve on (default: 0 = any free port, printed)",
+    )
     sandbox.set_defaults(func=cmd_sandbox)
 
     submit = sub.add_parser("submit-lead", help="post a lead to cpa.moe (add.json) and register it")
-    submit.add_argument("--id", default="auto", help="our lead id, or auto (cpa.moe generates one)")
-    submit.add_argument("--offer", required=True)
+    submit.add_argument("--id", default="auto", help="our lead id, or auto (default: cpa.moe generates one)")
+    submit.add_argument("--offer", required=True, help="the cpa.moe offer id the lead is for")
     submit.add_argument("--phone", required=True, help="digits only; sent to cpa.moe, never stored")
     submit.add_argument("--ip", required=True, help="the customer's IP; sent, never stored")
-    submit.add_argument("--name")
-    submit.add_argument("--email")
+    submit.add_argument("--name", help="the customer's name; sent, never stored")
+    submit.add_argument("--email", help="the customer's e-mail; sent, never stored")
     submit.add_argument("--country", help="two-letter ISO code")
     submit.add_argument("--wm", help="our affiliate / source id")
     submit.set_defaults(func=cmd_submit_lead)
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()  # before any thread starts: see pipelines/allocator.py
+    load_env_file()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("run", "ui"):
         from pipelines.config_check import config_problems

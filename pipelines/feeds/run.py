@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.sources.http import ApiClient
+from pipelines.warehouse.failures import record_failure
 from pipelines.warehouse.loader import CommitStep, LoadResult, StreamLoad, TableResult
 from pipelines.warehouse.staging import TableSpec
 from pipelines.warehouse import Warehouse
@@ -99,25 +100,31 @@ def run_stream(
     """
     started, started_at = time.monotonic(), datetime.now(UTC)
     report = report if report is not None else SyncReport(stream=report_stream or stream, mode="", result=None)
-    with StreamLoad(warehouse, stream, list(specs), run_id=run_id, **load_options) as load:
-        fetched = fetch(load)
-        if fetched is not None:
-            for warning in fetched.warnings:
-                log(f"warning: {warning}")
-            stats = client.stats if client is not None else None
-            requests = fetched.requests if fetched.requests is not None else (stats.requests if stats else 0)
-            retries = fetched.retries if fetched.retries is not None else (stats.retries if stats else 0)
-            report.result = load.commit(
-                cursor=fetched.cursor,
-                mode=fetched.mode,
-                started_at=started_at,
-                requests=requests,
-                retries=retries,
-                warnings=fetched.warnings,
-                full_walk=fetched.full_walk,
-                steps=fetched.steps,
-            )
-            report.mode, report.requests, report.retries = fetched.mode, requests, retries
-            report.warnings = fetched.warnings
+    try:
+        with StreamLoad(warehouse, stream, list(specs), run_id=run_id, **load_options) as load:
+            fetched = fetch(load)
+            if fetched is not None:
+                for warning in fetched.warnings:
+                    log(f"warning: {warning}")
+                stats = client.stats if client is not None else None
+                requests = fetched.requests if fetched.requests is not None else (stats.requests if stats else 0)
+                retries = fetched.retries if fetched.retries is not None else (stats.retries if stats else 0)
+                report.result = load.commit(
+                    cursor=fetched.cursor,
+                    mode=fetched.mode,
+                    started_at=started_at,
+                    requests=requests,
+                    retries=retries,
+                    warnings=fetched.warnings,
+                    full_walk=fetched.full_walk,
+                    steps=fetched.steps,
+                )
+                report.mode, report.requests, report.retries = fetched.mode, requests, retries
+                report.warnings = fetched.warnings
+    except Exception as exc:
+        # rolled back: the failure is written on its own, for `affwh status` (an interrupted run,
+        # a BaseException, is not a failure of the stream)
+        record_failure(warehouse, stream=stream, run_id=run_id, started_at=started_at, exc=exc)
+        raise
     report.seconds = time.monotonic() - started
     return report

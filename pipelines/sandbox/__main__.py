@@ -1,7 +1,12 @@
 """Serve the sandbox: ``python -m pipelines.sandbox [--scale small] [--port 0] [--env-file F]``.
 
-Prints ``export VAR=value`` lines pointing every source at it (and writes them to ``--env-file``
-as JSON when given, which is how the CLI and the benchmarks find a sandbox they started).
+Prints ``export VAR=value`` lines for every variable a sync against it needs: each source's base
+URL and credentials, the warehouse clock that follows the sandbox's simulated one and, with
+``--leads-dir`` (``make sandbox`` / ``affwh sandbox`` pass it), the cpa.moe lead register and
+payouts file (without them a sync would find no leads to poll and empty ``cpamoe_payouts``). It
+writes them to ``--env-file`` as JSON too when given, which is how the CLI finds a sandbox it
+started. This module imports nothing of ``pipelines`` outside the sandbox, so the variable names
+are spelled here.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from datetime import datetime
@@ -48,7 +54,12 @@ def main(argv: list[str] | None = None) -> None:
         write_demo_payouts(Path(args.leads_dir).parent / PAYOUTS_FILE)
 
     def ready(sb: Sandbox) -> None:
-        env = {**sb.env(), "SANDBOX_URL": sb.base_url}
+        env = {
+            **sb.env(),
+            "SANDBOX_URL": sb.base_url,
+            # the warehouse clock follows the simulated one (durations, alert due times, earning days)
+            "WAREHOUSE_CLOCK_URL": sb.base_url + "/_sandbox/clock",
+        }
         if args.leads_dir:
             env["CPAMOE_LEADS_DIR"] = str(Path(args.leads_dir).resolve())
             env["CPAMOE_PAYOUTS_FILE"] = str((Path(args.leads_dir).parent / PAYOUTS_FILE).resolve())
@@ -58,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                 json.dump(env, f)
             os.replace(tmp, args.env_file)
         for key, value in env.items():
-            print(f"export {key}={value}")
+            print(f"export {key}={shlex.quote(value)}")
+        if not args.leads_dir:
+            print("# no --leads-dir: CPAMOE_LEADS_DIR and CPAMOE_PAYOUTS_FILE not set (cpa.moe leads stay unpolled)")
         print(f"# sandbox ({args.scale}) serving on {sb.base_url}; Ctrl-C to stop", file=sys.stderr)
         sys.stdout.flush()
 
