@@ -3,7 +3,8 @@
 A dump holds every base table of a DuckDB warehouse in a canonical order, minus what may honestly
 differ between two syncs of the same world:
 
-- ``sync_runs`` (one row per run: a retried or interrupted sync has more runs, and more requests);
+- ``sync_runs`` (one row per run: a retried or interrupted sync has more runs, and more requests)
+  and ``sync_failures`` (one row per failed attempt: a retried step leaves one);
 - ``run_id`` / ``last_run_id`` (Dagster's run ids) and ``cpamoe_lead_files.loaded_at`` (wall clock).
 
 Everything else, including ``synced_at``, ``first_seen_at``, ``valid_from``/``valid_to`` and the
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-SKIPPED_TABLES = frozenset({"sync_runs"})
+SKIPPED_TABLES = frozenset({"sync_runs", "sync_failures"})
 VOLATILE_COLUMNS = {"*": frozenset({"run_id", "last_run_id"}), "cpamoe_lead_files": frozenset({"loaded_at"})}
 ENTITY_KEYS = {
     "cpc_orders": ("order_id",),
