@@ -15,11 +15,13 @@ none here); the source folders call it.
 """
 
 import importlib
+import os
 import pkgutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from types import ModuleType
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import dagster as dg
@@ -28,9 +30,11 @@ from models import metadata as warehouse_schema
 from pipelines import progress as terminal_progress
 from pipelines import settings
 from pipelines.checks import WarehouseCheck, check_specs, evaluate_checks
+from pipelines.defs.table_metadata import relations, table_metadata
 from pipelines.resources import NotConfigured, WarehouseResource
 from pipelines.feeds.status_lists import SyncReport
 
+NOTHING_CONFIGURED = "nothing-configured"
 LOAD_TAG = "affwh/load"  # executor tag: "cpu" (DuckDB-bound) or "wait" (rate-limited, mostly idle)
 FEED_TAG = "affwh/feed"  # asset tag: "current" (in sync_all) or "daily" (partitioned backfills)
 CPU, WAIT = "cpu", "wait"
@@ -46,6 +50,40 @@ class SyncConfig(dg.Config):
 class FeedFailed(dg.Failure):
     """A feed gave up. The message names the feed and the cause (for a rejected credential, the
     variable to fix); raised without Dagster retries when another attempt cannot help."""
+
+
+class NothingConfigured(FeedFailed):
+    """No source at all has its credentials: the run would "succeed" having fetched nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(description=nothing_configured_message(), allow_retries=False)
+
+
+def nothing_configured_message() -> str:
+    """One line: which variables to set, and that ``make run`` needs none (it syncs the sandbox)."""
+    sources = " or ".join(" + ".join(s.variables) for s in settings.ALL_SOURCES)
+    return (
+        f"No source is configured, so nothing was synced: set {sources} (in the environment or .env); "
+        "`make run` without credentials syncs the built-in sandbox instead."
+    )
+
+
+def configured_sources() -> list[str]:
+    """The sources whose credential variables are all set (what the resources were built from)."""
+    return [s.source for s in settings.ALL_SOURCES if not s.missing()]
+
+
+def first_in_run(context: dg.AssetExecutionContext, what: str) -> bool:
+    """True for the first step of this run to ask about ``what``, across the executor's processes
+    (a file created exclusively in the run's storage folder): a run-wide failure is reported by
+    one step, not by every step that meets it."""
+    folder = Path(context.instance.storage_directory()) / context.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / f"affwh-{what}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def feed_retry_policy() -> dg.RetryPolicy:
@@ -122,18 +160,24 @@ def materialize(
     asset_key: dg.AssetKey,
     log: Any,
     warehouse: Any = None,
+    first: Callable[[], bool] = lambda: True,
 ) -> dg.MaterializeResult:
     """Run ``sync`` and turn its report into the materialization of ``asset_key``.
 
     With ``warehouse`` the table's row count after the commit is added. A source without
     credentials is reported as not configured (a warning and metadata), not crashed on, so the
-    rest of ``sync_all`` still runs.
+    rest of ``sync_all`` still runs with the sources that are configured. When no source is,
+    the run fails instead (:class:`NothingConfigured`), from the step for which ``first()`` is
+    true; the others report themselves not configured as before.
     """
     name = asset_key.to_user_string()
     progress = ProgressLog(log.info)
     try:
         report = sync(progress)
     except NotConfigured as exc:
+        if not configured_sources() and first():
+            terminal_progress.done(f"{name}: FAILED: {nothing_configured_message()}")
+            raise NothingConfigured() from None
         log.warning(f"{exc}. Skipping: nothing was fetched or written.")
         terminal_progress.done(f"{name}: not configured ({', '.join(exc.missing)} unset)")
         return dg.MaterializeResult(
@@ -161,7 +205,10 @@ def materialize(
 
 def materialize_asset(context: dg.AssetExecutionContext, sync: Callable[[ProgressLog], SyncReport]) -> dg.MaterializeResult:
     """:func:`materialize` for a single-asset op (the daily-partitioned ones)."""
-    return materialize(sync, asset_key=context.asset_key, log=context.log, warehouse=context.resources.warehouse)
+    return materialize(
+        sync, asset_key=context.asset_key, log=context.log, warehouse=context.resources.warehouse,
+        first=lambda: first_in_run(context, NOTHING_CONFIGURED),
+    )
 
 
 def _table_of(asset_key: dg.AssetKey, report: SyncReport) -> str | None:
@@ -226,6 +273,7 @@ def feed_asset(
         retry_policy=feed_retry_policy(),
         check_specs=check_specs(checks),
         required_resource_keys={"warehouse", *resources},
+        metadata=table_metadata(key) if key in relations() else None,
     )
     def _feed(context: dg.AssetExecutionContext, config: SyncConfig):
         run = FeedRun(context.run_id, config.full_refresh, context.log, context.resources)
@@ -235,9 +283,12 @@ def feed_asset(
                 asset_key=context.asset_key,
                 log=context.log,
                 warehouse=context.resources.warehouse,
+                first=lambda: first_in_run(context, NOTHING_CONFIGURED),
             )
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:  # Ctrl-C, Terminate: no retry
             raise FeedFailed(description=f"{key}: stopped: the run was interrupted", allow_retries=False) from exc
+        except NothingConfigured:
+            raise
         except Exception as exc:
             terminal_progress.done(f"{key}: FAILED: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
             raise _failure(key, exc) from exc

@@ -6,6 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipelines.clock import utc_now
+from pipelines.defs.table_metadata import table_metadata
 from pipelines.resources import WRITER_POOL, WarehouseResource
 
 PAYOUTS_VARIABLE = "CPAMOE_PAYOUTS_FILE"
@@ -82,6 +83,7 @@ def load_payouts(con, path: Path) -> dict[str, object]:
     # a small step with no upstream: after the feeds among ready steps, not before them
     op_tags={"dagster/priority": "-1"},
     description="Payout per cpa.moe offer (CSV offer,amount,currency from CPAMOE_PAYOUTS_FILE), used by v_earnings.",
+    metadata=table_metadata("cpamoe_payouts"),
 )
 def cpamoe_payouts(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     configured = os.environ.get(PAYOUTS_VARIABLE, "").strip()
@@ -109,6 +111,7 @@ def cpamoe_payouts(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         metadata={
             "configured": True,
             "payouts_loaded": result["payouts_loaded"],
+            "dagster/row_count": result["payouts_loaded"],  # the table mirrors the file
             "lines_rejected": result["lines_rejected"],
             "rejected_lines": dg.MetadataValue.json(result["rejected_lines"]),
         }
@@ -182,5 +185,5 @@ def take_snapshot(con) -> dict[str, object]:
     total = con.execute("SELECT count(*) FROM order_daily_snapshots").fetchone()[0]
     return {
         "day": str(day), "rows_written": written, "new_rows": total - before, "rows_total": total,
-        "baselines_written": baselines,
+        "baselines_written": baselines, "dagster/row_count": total,
     }

@@ -14,6 +14,7 @@ import dagster as dg
 from pipelines import settings
 from pipelines.checks import check_specs, evaluate_checks, history_intervals_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
+from pipelines.defs.table_metadata import table_metadata
 from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
 # module aliases: the asset objects below are named like the feed modules
 from pipelines.feeds import metapic_offers as offers_feed
@@ -74,6 +75,7 @@ DAILY_CHECKS = standard_checks(
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Per participant, campaign and UTC day: clicks, links created, estimated GP "
     "(participants-stats with start_date = end_date = the day). A range of days runs in one run.",
+    metadata=table_metadata("metapic_participant_daily_stats"),
 )
 def metapic_participant_daily_stats(
     context: dg.AssetExecutionContext,

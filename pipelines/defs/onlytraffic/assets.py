@@ -15,6 +15,7 @@ import dagster as dg
 from pipelines import settings
 from pipelines.checks import history_intervals_check, sql_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, FeedRun, feed_asset, materialize_asset
+from pipelines.defs.table_metadata import table_metadata
 from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
 from pipelines.settings import load_env_file
 from pipelines.feeds import onlytraffic_marketer as marketer
@@ -87,6 +88,7 @@ SWAP_DAYS = dg.DailyPartitionsDefinition(start_date=swap_partitions_start(), end
     backfill_policy=dg.BackfillPolicy.single_run(),
     description="Swap orders created on the selected days (UTC), every status, into swap_orders "
     "and swap_order_sides. A backfill of a day range runs once, one walk per status.",
+    metadata=table_metadata("swap_orders"),
 )
 def swap_orders_by_created_day(
     context: dg.AssetExecutionContext,

@@ -8,25 +8,17 @@ after the table, and those a module lists in its ``WRITES``.
 
 
 import re
-from pathlib import Path
 
 import dagster as dg
 
 from models import metadata
 from pipelines.checks import check_specs, evaluate_checks, sql_check
+from pipelines.clock import utc_now
 from pipelines.defs.feed_asset import FEED_TAG, defined_assets, defs_modules
 from pipelines.defs.marts.assets import SNAPSHOT_DEPS, SNAPSHOT_DESCRIPTION, SNAPSHOTS, take_snapshot
+from pipelines.defs.table_metadata import table_metadata, view_files, view_sql
+from pipelines.defs.views.figures import view_figures
 from pipelines.resources import WRITER_POOL, WarehouseResource
-
-SQL_DIR = Path(__file__).resolve().parents[3] / "sql"
-
-
-def view_files() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(SQL_DIR.glob("v_*.sql"))}
-
-
-def view_sql(name: str) -> str:
-    return view_files()[name].read_text()
 
 
 def _strip_comments(sql: str) -> str:
@@ -94,12 +86,12 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
             kinds={"duckdb", "sql"},
             description=_description(name),
             automation_condition=rebuild_when_upstream_changes(),
-            metadata={"sql_file": f"sql/{name}.sql"},
+            metadata={"sql_file": f"sql/{name}.sql", **table_metadata(name)},
         )
         if name != SNAPSHOTS
         else dg.AssetSpec(
             SNAPSHOTS, group_name="marts", deps=sorted(upstream[name], key=lambda k: k.to_user_string()),
-            kinds={"duckdb", "sql"}, description=SNAPSHOT_DESCRIPTION,
+            kinds={"duckdb", "sql"}, description=SNAPSHOT_DESCRIPTION, metadata=table_metadata(SNAPSHOTS),
         )
         for name in order
     ]
@@ -112,6 +104,7 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
     def sql_views(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
         selected = {key.path[-1] for key in context.selected_asset_keys}
         metadata: dict[str, dict] = {}
+        today = utc_now().date()  # the warehouse clock's day, as the snapshot's
         with warehouse.open(on_wait=context.log.info).connect() as con:
             for name in order:
                 if name not in selected:
@@ -120,7 +113,7 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
                     metadata[name] = take_snapshot(con)
                 else:
                     create_view(con, name)
-                    metadata[name] = {"rows": con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0]}
+                    metadata[name] = view_figures(con, name, today)
         for name, meta in metadata.items():
             yield dg.MaterializeResult(asset_key=name, metadata=meta)
         wanted = context.selected_asset_check_keys
