@@ -6,6 +6,8 @@ page.py), so each chart stays interactive (hover, zoom, legend toggles) without 
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -14,6 +16,14 @@ from pipelines.report.queries import Table
 # one colour per source in every chart (plotly's default qualitative palette)
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
 LAYOUT = {"template": "plotly_white", "margin": {"l": 60, "r": 20, "t": 40, "b": 40}, "font": {"size": 14}}
+
+
+DAY_MS = 86_400_000
+
+
+def _half_day(day: date, sign: int) -> str:
+    """Half a day before (-1) or after (1) ``day``'s bar, which plotly centres on its midnight."""
+    return (datetime.combine(day, time()) + sign * timedelta(hours=12)).isoformat()
 
 
 def _colours(sources: list[str]) -> dict[str, str]:
@@ -48,7 +58,15 @@ def earnings_chart(earnings: Table) -> go.Figure | None:
         )
     for i, currency in enumerate(currencies, start=1):
         fig.update_yaxes(title_text=currency, tickformat=",.2f", row=i, col=1)
-    fig.update_xaxes(type="date", tickformat="%b %d", showticklabels=True)
+    # the days synced, half a day either side, with a tick on whole days only (plotly's own
+    # choice for a short span repeats a day's label at 12-hour ticks)
+    days = [d for r in rows for d in r["days"]]
+    first, last = min(days), max(days)
+    step = max(1, -(-((last - first).days + 1) // 10))  # at most ~10 labels
+    fig.update_xaxes(
+        type="date", tickformat="%b %d", showticklabels=True, dtick=step * DAY_MS,
+        tick0=first.isoformat(), range=[_half_day(first, -1), _half_day(last, 1)],
+    )
     fig.update_layout(barmode="relative", height=160 + 240 * len(currencies), **LAYOUT)
     return fig
 

@@ -149,7 +149,9 @@ def build_page(data: ReportData, generated_at: datetime) -> str:
         _section("Open orders by status", "Orders, leads and campaigns whose canonical status is not final "
                  "(v_earnings).", chart["open-orders-chart"], section_id="open-orders"),
         _section("Alerts", f"What needs a person (v_order_alerts), as of the last sync: {data.alerts_total:,} "
-                 f"alerts; the list shows {shown}.", html_table(data.alert_counts), html_table(data.alerts),
+                 f"alerts; the list shows {shown}.",
+                 *((html_table(data.alert_counts), html_table(data.alerts)) if data.alerts_total or data.alerts.missing
+                   else ('<p class="note">No alert.</p>',)),
                  section_id="alerts"),
         _section("Last sync per stream", "sync_state and the run that wrote it (sync_runs).",
                  html_table(data.syncs), section_id="syncs"),
