@@ -191,6 +191,12 @@ class Settings(BaseModel):
     metapic_user_id: str | None = setting(
         "METAPIC_USER_ID", None, "Metapic user id, sent as `created_by`", credential_of=METAPIC_API
     )
+    alerts_webhook_url: BaseUrl | None = setting(
+        "ALERTS_WEBHOOK_URL", None,
+        "incoming webhook (Slack, Mattermost, Discord's `/slack`) the `alerts_webhook` sensor posts each new "
+        "`v_order_alerts` row to, once (see *Alerts*); a secret",
+        secret=True, unset="unset (no sensor)",
+    )
 
     onlytraffic_marketer_concurrency: Concurrency = setting(
         "ONLYTRAFFIC_MARKETER_CONCURRENCY", 4, "requests in flight at once to the Marketer API", group=TUNING
@@ -256,6 +262,10 @@ class Settings(BaseModel):
     feed_step_retry_delay_seconds: Annotated[int, BeforeValidator(_number(0, whole=True))] = setting(
         "FEED_STEP_RETRY_DELAY_SECONDS", 30, "delay before the first of those attempts (doubling, with jitter)",
         group=TUNING,
+    )
+    alerts_retry_base_seconds: Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))] = setting(
+        "ALERTS_RETRY_BASE_SECONDS", 30.0,
+        "wait before retrying a failed alert delivery (doubles per failure, with jitter, max 1 h)", group=TUNING,
     )
     warehouse_memory_limit: str = setting(
         "WAREHOUSE_MEMORY_LIMIT", "160MB",

@@ -76,4 +76,5 @@ def test_credentials_and_secrets_come_from_the_model():
     assert settings.METAPIC.variables == ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
     assert set(settings.SECRET_VARIABLES) == {
         "ONLYTRAFFIC_MARKETER_API_KEY", "ONLYTRAFFIC_STUDIO_API_KEY", "CPAMOE_API_KEY", "METAPIC_ACCESS_TOKEN",
+        "ALERTS_WEBHOOK_URL",
     }
