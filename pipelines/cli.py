@@ -342,7 +342,8 @@ def cmd_submit_lead(args: argparse.Namespace) -> int:
     from pipelines.definitions import build_resources
     from pipelines.sources.http import ApiError
     from pipelines.resources import NotConfigured
-    from pipelines.sources.cpamoe import CpamoeError, submit_lead
+    from pipelines.feeds.cpamoe import submit_lead
+    from pipelines.sources.cpamoe import CpamoeError
 
     configured = build_resources()
     try:

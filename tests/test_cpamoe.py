@@ -17,7 +17,8 @@ import pytest
 from models.status import STATUS_MAPPINGS
 from pipelines.sources.http import AuthError
 from pipelines.resources import CpamoeResource, WarehouseResource
-from pipelines.sources.cpamoe import CpamoeError, submit_lead
+from pipelines.feeds.cpamoe import submit_lead
+from pipelines.sources.cpamoe import CpamoeError
 from dagster_results import materializations
 
 ROUTE = "cpamoe/list"

@@ -108,7 +108,8 @@ def test_status_sets_derive_from_the_lifecycle_and_every_mapping():
         assert set(open_raw_statuses(source)) | set(terminal_raw_statuses(source)) == set(mapping)
         assert set(final_raw_statuses(source)) <= set(terminal_raw_statuses(source))
     # what the feeds ask for follows the mappings
-    from pipelines.sources import cpamoe, metapic, onlytraffic_studio
+    from pipelines.feeds import cpamoe
+    from pipelines.sources import metapic, onlytraffic_studio
 
     assert onlytraffic_studio.OPEN_STATUSES == ("waiting", "accepted")
     assert onlytraffic_studio.TERMINAL_STATUSES == ("rejected", "completed", "cancelled")

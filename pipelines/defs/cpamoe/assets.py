@@ -9,8 +9,8 @@ import dagster as dg
 
 from pipelines.checks import SAMPLE, Outcome, check, history_intervals_check, standard_checks
 from pipelines.defs.feed_asset import FeedRun, feed_asset
-from pipelines.sources import cpamoe as source
-from pipelines.sources.cpamoe_register import load_lead_register
+from pipelines.feeds import cpamoe as feed
+from pipelines.feeds.cpamoe_register import load_lead_register
 from pipelines.feeds.status_lists import SyncReport
 
 
@@ -25,7 +25,7 @@ def sync_lead_files(run: FeedRun, progress) -> SyncReport:  # noqa: ARG001 - fil
 
 def sync_leads(run: FeedRun, progress) -> SyncReport:
     with run.cpamoe.client(on_retry=run.log.warning) as client:
-        return source.sync_lead_statuses(
+        return feed.sync_lead_statuses(
             warehouse=run.open_warehouse(),
             client=client,
             auth_id=run.cpamoe.auth_id,
@@ -44,7 +44,7 @@ def sync_leads(run: FeedRun, progress) -> SyncReport:
     "with a NULL name and named here).",
 )
 def cpamoe_leads_known_codes(con) -> Outcome:
-    rows = con.execute(source.unknown_codes_sql()).fetchall()
+    rows = con.execute(feed.unknown_codes_sql()).fetchall()
     if not rows:
         return Outcome(True, "every code is known")
     unknown = {f"{field}={value}": n for field, value, n in rows}

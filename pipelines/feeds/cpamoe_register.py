@@ -2,7 +2,7 @@
 
 cpa.moe only answers for the lead ids we send it, so the warehouse must know every lead we
 submitted. Leads submitted elsewhere arrive as CSV files (header line with at least ``id``, and
-optionally ``offer`` and ``submitted_at``); :func:`pipelines.sources.cpamoe.submit_lead` registers
+optionally ``offer`` and ``submitted_at``); :func:`pipelines.feeds.cpamoe.submit_lead` registers
 the ones we submit ourselves. Both land in ``cpamoe_leads`` through the same :data:`REGISTER_LEADS`
 spec and the same :class:`~pipelines.warehouse.loader.StreamLoad` transaction machinery.
 
@@ -43,14 +43,13 @@ from typing import Any
 import duckdb
 
 from pipelines.feeds.run import Fetched, SyncReport, run_stream
+from pipelines.sources.cpamoe import ID_PATTERN, MAX_ID_LENGTH
 from pipelines.warehouse.loader import CommitStep, StreamLoad
 from pipelines.warehouse.staging import Field, TableSpec
 from pipelines.warehouse import Warehouse
 
 REGISTER_STREAM = "cpamoe_lead_files"
 SUBMIT_STREAM = "cpamoe_submissions"
-MAX_ID_LENGTH = 64
-ID_PATTERN = "[A-Za-z0-9._-]+"  # regexp_full_match; no comma: ids are sent as ids=1,2,3
 LOADED_COLUMNS = ("id", "offer", "submitted_at")
 CHUNK_ROWS = 50_000
 MAX_STORED_FIELD = 200  # longer values are cut while staging (they fail validation anyway)
