@@ -132,12 +132,6 @@ def test_no_import_cycle():
     assert cycles == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the source/feed split (issue 13, property 5) is not done yet: pipelines/sources/<api>.py still "
-    "hold their feed (specs, sync drivers) and import DuckDB and the loader; when the split lands this "
-    "passes, and strict xfail fails until the marker is removed",
-)
 def test_sources_are_api_clients_only():
     assert violations(("pipelines.sources",), ("duckdb", "dagster", "pipelines.feeds", *WAREHOUSE_LAYER)) == {}
 
