@@ -17,7 +17,6 @@ functions are (they run).
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # pipelines.page (the hand-off type) and pipelines.clock (the warehouse clock) sit below every layer.
