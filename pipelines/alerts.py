@@ -87,7 +87,7 @@ class Webhook:
         self.target = url[len(self.origin) :] or "/"
         host = parts.hostname or "?"
         self.name = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…"
-        tokens = [url, url.rstrip("/"), parts.netloc, self.target, parts.path, parts.query]
+        tokens = [url, url.rstrip("/"), self.target, parts.path, parts.query]
         tokens += [part for part in parts.path.split("/") if _looks_secret(part)]
         tokens += [v for _, v in parse_qsl(parts.query) if _looks_secret(v)]
         tokens += [s for s in (parts.username, parts.password) if s]
@@ -198,8 +198,9 @@ def _post(client: ApiClient, webhook: Webhook, body: dict[str, str]) -> tuple[st
     try:
         status = client.post(webhook.target, json=body).status_code
     except ApiError as err:
-        reason = err.reason if err.status_code is not None else f"no answer: {err.reason}"
-        return webhook.redact(f"{reason[:200]} from the alerts webhook {webhook.name}"), err.retry_after
+        reason = err.reason.removeprefix("gave up after 1 attempts; last error: ")  # one attempt is the design
+        reason = webhook.redact(reason if err.status_code is not None else f"no answer: {reason}")[:200]
+        return f"{reason} from the alerts webhook {webhook.name}", err.retry_after
     if status // 100 != 2:  # a redirect (not followed: it could lead anywhere) is no delivery
         return f"HTTP {status} from the alerts webhook {webhook.name}", None
     return None, None

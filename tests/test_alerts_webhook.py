@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -23,7 +27,10 @@ import dagster as dg
 import pytest
 from test_marts import _waiting_order
 
+from conftest import clean_env
 from pipelines.config_check import config_problems
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # a webhook URL shaped like Slack's, its token in the path and in the query
 HOOK_PATH = "/services/T0SECRET1/B0SECRET2/xoxwebhooktoken4711"
@@ -41,6 +48,7 @@ class Receiver:
     port: int
     answers: list[int] = field(default_factory=list)
     delay: float = 0.0
+    retry_after: str = "1"  # sent with a 429
     requests: list[dict] = field(default_factory=list)  # {"path", "status", "body", "content_type"}
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,7 +72,7 @@ class Receiver:
                 answer = b"ok" if status == 200 else json.dumps({"error": f"invalid_token for {self.path}"}).encode()
                 self.send_response(status)
                 if status == 429:
-                    self.send_header("Retry-After", "1")
+                    self.send_header("Retry-After", receiver.retry_after)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
@@ -298,6 +306,21 @@ def test_a_receiver_that_is_down_gets_each_alert_once_when_it_is_up_again(alerti
     assert all(d[1] is not None for d in deliveries(w).values())
 
 
+def test_a_receiver_asking_to_slow_down_is_not_asked_again_before_its_retry_after(alerting, receiver, instance):
+    w = alerting
+    receiver.answers, receiver.retry_after = [429], "120"
+    receiver.start()
+    defs = definitions()
+    refused = tick(instance, defs)
+    assert "HTTP 429" in str(refused.error)
+    (next_at,) = [d[2] for d in deliveries(w).values() if d[0] == 1]
+    assert next_at >= datetime.now(UTC) + timedelta(seconds=110)  # not our 1-2 s: the receiver's 120 s
+    assert all(d[2] == next_at for d in deliveries(w).values())  # the alerts not tried wait with it
+    waiting = tick(instance, defs)
+    assert waiting.error is None and f"next attempt after {next_at:%H:%M:%S} UTC" in waiting.skip_message
+    assert len(receiver.requests) == 1
+
+
 def test_ticks_racing_send_each_alert_once(alerting, receiver, instance):
     w = alerting
     receiver.delay = 0.3  # every answer takes a while: the ticks overlap while sending
@@ -378,3 +401,47 @@ def test_before_any_sync_a_tick_skips_and_creates_no_warehouse(tmp_path, receive
     t = tick(instance)
     assert t.error is None and "v_order_alerts does not exist yet" in t.skip_message
     assert not Path(tmp_path / "never" / "warehouse.duckdb").exists() and receiver.requests == []
+
+
+@pytest.mark.ui
+def test_the_daemon_delivers_each_alert_once_and_stores_no_secret(alerting, receiver, tmp_path):
+    """The real route: ``dagster-daemon`` on this code location ticks the sensor every 30 s; the
+    receiver refuses the first request (503), a later tick delivers. Ticks, their skip and failure
+    messages and the sensor's logs are stored in the Dagster home: no secret there either."""
+    w = alerting
+    due = current_alerts(w)
+    receiver.answers = [503]
+    receiver.start()
+    home = tmp_path / "daemon_home"
+    home.mkdir()  # the default instance: this test launches no run
+    env = clean_env(
+        **w.env(), DAGSTER_HOME=str(home), ALERTS_WEBHOOK_URL=receiver.url, ALERTS_RETRY_BASE_SECONDS="1",
+        CPAMOE_LEADS_DIR=str(tmp_path / "no_leads"), SCHEDULES_DEFAULT_STATUS="stopped",
+        AUTOMATION_DEFAULT_STATUS="stopped", DAGSTER_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while sorted(accepted_ids(receiver)) != sorted(due) and time.monotonic() < deadline:
+                assert daemon.poll() is None, log.read_text()[-3000:]
+                time.sleep(1)
+            time.sleep(35)  # one more tick: nothing more is sent
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            daemon.wait(60)
+
+    assert sorted(accepted_ids(receiver)) == sorted(due), log.read_text()[-3000:]
+    assert [r["status"] for r in receiver.requests] == [503] + [200] * len(due)
+    stored = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file()) + log.read_bytes()
+    assert b"HTTP 503: invalid_token for *** from the alerts webhook http://127.0.0.1:" in stored  # the failed tick
+    assert f"delivered {len(due)} alerts".encode() in stored  # and the tick that delivered
+    secrets = [HOOK_PATH, HOOK_QUERY, "T0SECRET1", "B0SECRET2", "xoxwebhooktoken4711", "q-s3cret-0815"]
+    secrets += [w.sandbox.env()[n] for n in ("ONLYTRAFFIC_MARKETER_API_KEY", "ONLYTRAFFIC_STUDIO_API_KEY",
+                                             "CPAMOE_API_KEY", "METAPIC_ACCESS_TOKEN")]
+    for secret in secrets:
+        assert secret.encode() not in stored, secret

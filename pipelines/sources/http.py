@@ -237,6 +237,7 @@ class ApiClient:
                         f"gave up after {attempt} attempts; last error: {err.reason}",
                         endpoint=endpoint,
                         status_code=err.status_code,
+                        retry_after=err.retry_after,
                     ) from None
                 if err.retry_after is not None and err.retry_after > self.retry.max_retry_after:
                     raise ApiError(
