@@ -162,8 +162,8 @@ def targets(name: str, summary: dict[str, Any], medium_rss: float | None) -> lis
             req, sec = st.get(phase + "requests") or 0, st.get(phase + "s") or 0.0
             if full_req and sec > req * full_s / full_req + PER_REQUEST_SLACK_S:
                 slow.append(f"{n} {sec:.1f}s")
-        add(f"{label}: streams slower per request than their full sync (+{PER_REQUEST_SLACK_S:.0f}s)",
-            ", ".join(slow) or "none", "none", not slow)
+        add(f"{label}: streams slower per request than their full sync (+{PER_REQUEST_SLACK_S:.0f}s)"
+            + (f": {', '.join(slow)}" if slow else ""), len(slow), "0", not slow)
     lanes = summary["floor"].get("lanes_s")
     if lanes and summary["full"]["wall_s"]:
         add("full sync / floor overlapped like the sync's lanes", _r(summary["full"]["wall_s"] / lanes),

@@ -85,8 +85,10 @@ def tree_rss_mb(proc: Any) -> float:
     parent's RSS alone misses most of the memory the user's machine must hold at once."""
     import psutil
 
-    total = 0
-    for member in [proc, *proc.children(recursive=True)]:
+    total = proc.memory_info().rss  # the root gone: raises (the sampler stops)
+    if total == 0:
+        raise psutil.NoSuchProcess(proc.pid)  # exited, not yet reaped: no memory to count
+    for member in proc.children(recursive=True):
         try:
             total += member.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):

@@ -572,10 +572,12 @@ class MetapicApi:
         if sandbox.metapic_rate_limit is not None:
             self.set_rate_limit(sandbox.metapic_rate_limit)
 
-    def set_rate_limit(self, limit: int = DOCUMENTED_RATE_LIMIT, window: float = DOCUMENTED_RATE_WINDOW) -> None:
+    def set_rate_limit(self, limit: int | None = None, window: float | None = None) -> None:
         """Serve ``limit`` requests per ``window`` seconds (advertised in ``x-ratelimit-limit``,
-        enforced with 429) from a fresh window. The documented 300 per minute is the default; the
-        bench lifts it to measure the engine rather than the wait."""
+        enforced with 429) from a fresh window. The documented 300 per minute is the default (None);
+        the bench lifts it to measure the engine rather than the wait."""
+        limit = DOCUMENTED_RATE_LIMIT if limit is None else limit
+        window = DOCUMENTED_RATE_WINDOW if window is None else window
         if int(limit) < 1 or float(window) <= 0:
             raise ValueError("the rate limit needs limit >= 1 and window > 0")
         self.rate_limit, self.rate_window = int(limit), float(window)

@@ -231,14 +231,9 @@ class Sandbox:
 
     def set_metapic_rate_limit(self, limit: int | None = None, window_seconds: float | None = None) -> None:
         """Serve Metapic at ``limit`` requests per ``window_seconds`` (defaults: the documented 300 per 60 s)."""
-        from pipelines.sandbox.metapic import DOCUMENTED_RATE_LIMIT, DOCUMENTED_RATE_WINDOW
-
         for module in self.modules:
             if getattr(module, "name", "") == "metapic":
-                module.set_rate_limit(
-                    DOCUMENTED_RATE_LIMIT if limit is None else limit,
-                    DOCUMENTED_RATE_WINDOW if window_seconds is None else window_seconds,
-                )
+                module.set_rate_limit(limit, window_seconds)
 
     async def _reset_stats(self, request: Request) -> Response:
         self.stats.reset()
