@@ -150,7 +150,7 @@ def test_a_run_with_no_source_configured_fails_from_one_step_with_one_line(world
 
 
 def test_a_run_with_some_sources_configured_syncs_them_and_names_the_others(world, monkeypatch):
-    result = _run_without(world, monkeypatch, [settings.METAPIC, settings.CPAMOE])
+    result = _run_without(world, monkeypatch, [settings.credentials(settings.METAPIC_API), settings.credentials(settings.CPAMOE_API)])
     assert result.success
     assert world.scalar("SELECT count(*) FROM cpc_orders") > 0 and world.scalar("SELECT count(*) FROM swap_orders") > 0
     for asset, variables in (("metapic_offers", "METAPIC_ACCESS_TOKEN, METAPIC_USER_ID"),
@@ -177,3 +177,12 @@ def test_dg_launch_with_no_credentials_fails_with_the_one_line_and_no_beta_warni
     assert len(re.findall(r" - STEP_FAILURE - ", output)) == 1, output[-3000:]
     for noise in ("BetaWarning", "PreviewWarning", "SupersessionWarning"):
         assert noise not in done.stderr, done.stderr[-3000:]
+
+
+def test_a_view_selected_alone_on_a_new_warehouse_gets_the_views_it_reads(world):
+    """What the automation sensor does after one feed was materialized on a new warehouse: a run
+    of the views downstream of it only (v_summary reads v_fill_rate, which is not selected)."""
+    result = world.sync(assets=["metapic_offers", "v_summary"])
+    assert result.success
+    assert [m.asset_key.to_user_string() for m in result.asset_materializations_for_node("sql_views")] == ["v_summary"]
+    assert world.scalar("SELECT count(*) FROM v_summary") > 0

@@ -106,8 +106,13 @@ def _views_asset(upstream: dict[str, set[dg.AssetKey]]) -> dg.AssetsDefinition:
         metadata: dict[str, dict] = {}
         today = utc_now().date()  # the warehouse clock's day, as the snapshot's
         with warehouse.open(on_wait=context.log.info).connect() as con:
+            existing = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
             for name in order:
                 if name not in selected:
+                    # a selected view may read it: on a warehouse that never had it (the first run
+                    # after one feed was materialized alone), create it without reporting it
+                    if name != SNAPSHOTS and name not in existing:
+                        create_view(con, name)
                     continue
                 if name == SNAPSHOTS:
                     metadata[name] = take_snapshot(con)
