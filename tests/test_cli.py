@@ -65,8 +65,8 @@ def test_help_shows_the_choices_and_ranges(tmp_path):
 
 
 def test_make_query_without_sql_prints_usage_not_a_traceback(tmp_path):
-    # -o: the venv stamp is taken as up to date (no reinstall from a test)
-    run = subprocess.run(["make", "-s", "-o", ".venv/.installed", "query"], cwd=PROJECT_ROOT,
+    # -o: the venv stamp is taken as up to date (no reinstall from a test); PY: this interpreter
+    run = subprocess.run(["make", "-s", "-o", ".venv/.installed", "query", f"PY={sys.executable}"], cwd=PROJECT_ROOT,
                          env=clean_env(WAREHOUSE_PATH=str(tmp_path / "none.duckdb")), capture_output=True, text=True,
                          timeout=120)
     assert run.returncode != 0 and run.stdout == ""
