@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from models.status import LIFECYCLE_STATUSES
+from models.lifecycle import LIFECYCLE_STATUSES
 
 metadata = sa.MetaData()
 

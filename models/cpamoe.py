@@ -14,6 +14,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from models.columns import big, entity_columns, metadata, text, tstz
+from models.lifecycle import LifecycleStatus as S
+
+# status_history.source -> raw stage -> canonical status (collected by models.status)
+STATUS_MAPPINGS = {
+    "cpamoe": {
+        "wait": S.PENDING, "hold": S.ON_HOLD, "approve": S.COMPLETED, "cancel": S.CANCELLED, "trash": S.REJECTED,
+    },
+}
+
+# An approved lead (``approve`` = completed) keeps an extended status that goes on (packing,
+# sending, ...) until Completed/Return/Deleted, so the poll keeps asking for it.
+STILL_MOVING = {"cpamoe": frozenset({"approve"})}
 
 # One row per lead, keyed by OUR id (list.json's ``id``; add.json's ``uid``, see the source module).
 cpamoe_leads = sa.Table(

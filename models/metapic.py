@@ -10,6 +10,23 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from models.columns import big, entity_columns, metadata, money, text, tstz
+from models.lifecycle import LifecycleStatus as S
+
+# status_history.source -> raw status -> canonical status (collected by models.status)
+STATUS_MAPPINGS = {
+    "metapic_offer": {
+        "scheduled": S.PENDING, "active": S.ACTIVE, "paused": S.PAUSED, "ended": S.COMPLETED, "deleted": S.CANCELLED,
+    },
+    "metapic_participant": {
+        "suggestion": S.PENDING,
+        "open": S.PENDING,
+        "accepted": S.ACTIVE,
+        "product_sent": S.ACTIVE,
+        "have_received": S.ACTIVE,
+        "done": S.COMPLETED,
+        "store_denied": S.REJECTED,
+    },
+}
 
 # One row per campaign (``GET /v2/offers``), every status.
 metapic_offers = sa.Table(

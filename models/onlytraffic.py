@@ -5,6 +5,20 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from models.columns import big, entity_columns, metadata, money, text, tstz
+from models.lifecycle import LifecycleStatus as S
+
+# status_history.source -> raw status -> canonical status (collected by models.status)
+STATUS_MAPPINGS = {
+    "cpc": {"waiting": S.PENDING, "active": S.ACTIVE, "rejected": S.REJECTED, "completed": S.COMPLETED},
+    "cpl": {
+        "waiting": S.PENDING, "accepted": S.ACTIVE, "rejected": S.REJECTED, "completed": S.COMPLETED,
+        "cancelled": S.CANCELLED,
+    },
+    "swap": {
+        "waiting": S.PENDING, "accepted": S.ACTIVE, "rejected": S.REJECTED, "completed": S.COMPLETED,
+        "cancelled": S.CANCELLED,
+    },
+}
 
 cpc_orders = sa.Table(
     "cpc_orders",

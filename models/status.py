@@ -1,67 +1,73 @@
-"""The canonical lifecycle status and how every source's own statuses map onto it.
+"""How every source's own statuses map onto the canonical lifecycle status, and the sets derived from it.
 
 Every entity table keeps the source's raw status in ``source_status`` and the canonical one in
-``status`` (a DuckDB ENUM named ``lifecycle_status``). A raw value missing from these mappings is
-kept as-is with ``status`` NULL, and the ``*_known_statuses`` asset check fails naming it: an
-unknown value must never crash a run or drop a row.
+``status`` (a DuckDB ENUM named ``lifecycle_status``). Each ``models/<source>.py`` declares its
+``STATUS_MAPPINGS`` (and ``STILL_MOVING`` if any) beside its tables; this module collects them. A raw
+value missing from these mappings is kept as-is with ``status`` NULL, and the ``*_known_statuses``
+asset check fails naming it: an unknown value must never crash a run or drop a row.
 """
 
 from __future__ import annotations
 
-from enum import Enum
+import importlib
+import pkgutil
+from types import ModuleType
 
-
-class LifecycleStatus(str, Enum):
-    PENDING = "pending"
-    ACTIVE = "active"
-    PAUSED = "paused"
-    ON_HOLD = "on_hold"
-    COMPLETED = "completed"
-    REJECTED = "rejected"
-    CANCELLED = "cancelled"
-
-
-LIFECYCLE_STATUSES: tuple[str, ...] = tuple(s.value for s in LifecycleStatus)
-
-# Statuses after which an entity never changes again; every other status is open.
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    s.value for s in (LifecycleStatus.COMPLETED, LifecycleStatus.REJECTED, LifecycleStatus.CANCELLED)
-)
-OPEN_STATUSES: frozenset[str] = frozenset(LIFECYCLE_STATUSES) - TERMINAL_STATUSES
-
-P, A, PA, H, C, R, X = (
-    LifecycleStatus.PENDING,
-    LifecycleStatus.ACTIVE,
-    LifecycleStatus.PAUSED,
-    LifecycleStatus.ON_HOLD,
-    LifecycleStatus.COMPLETED,
-    LifecycleStatus.REJECTED,
-    LifecycleStatus.CANCELLED,
+from models.lifecycle import (
+    LIFECYCLE_STATUSES,
+    OPEN_STATUSES,
+    TERMINAL_STATUSES,
+    LifecycleStatus,
 )
 
-# source name (as written to status_history.source) -> raw status -> canonical status
-STATUS_MAPPINGS: dict[str, dict[str, LifecycleStatus]] = {
-    "cpc": {"waiting": P, "active": A, "rejected": R, "completed": C},
-    "cpl": {"waiting": P, "accepted": A, "rejected": R, "completed": C, "cancelled": X},
-    "swap": {"waiting": P, "accepted": A, "rejected": R, "completed": C, "cancelled": X},
-    "cpamoe": {"wait": P, "hold": H, "approve": C, "cancel": X, "trash": R},
-    "metapic_offer": {"scheduled": P, "active": A, "paused": PA, "ended": C, "deleted": X},
-    "metapic_participant": {
-        "suggestion": P,
-        "open": P,
-        "accepted": A,
-        "product_sent": A,
-        "have_received": A,
-        "done": C,
-        "store_denied": R,
-    },
-}
+__all__ = [
+    "LIFECYCLE_STATUSES",
+    "OPEN_STATUSES",
+    "STATUS_MAPPINGS",
+    "STILL_MOVING",
+    "TERMINAL_STATUSES",
+    "LifecycleStatus",
+    "final_raw_statuses",
+    "map_status",
+    "model_modules",
+    "open_raw_statuses",
+    "sql_list",
+    "status_case_sql",
+    "terminal_raw_statuses",
+]
 
 
-# Raw statuses that map to a terminal canonical status while the source's record still moves on
-# behind it. cpa.moe: an approved lead (``approve`` = completed) keeps an extended status that
-# goes on (packing, sending, ...) until Completed/Return/Deleted, so the poll keeps asking for it.
-STILL_MOVING: dict[str, frozenset[str]] = {"cpamoe": frozenset({"approve"})}
+# source name (as written to status_history.source) -> raw status -> canonical status, collected
+# from every ``models/<source>.py`` that declares ``STATUS_MAPPINGS`` (and ``STILL_MOVING``: raw
+# statuses that map to a terminal canonical status while the source's record still moves on behind
+# it, so a poll keeps asking). No list of sources here: a new models module brings its own.
+
+
+def model_modules() -> list[ModuleType]:
+    """Every module of the ``models`` package but this one, imported (which registers its tables
+    on ``metadata``), in name order."""
+    import models
+
+    return [
+        importlib.import_module(f"models.{info.name}")
+        for info in pkgutil.iter_modules(models.__path__)
+        if info.name != __name__.rpartition(".")[2]
+    ]
+
+
+def _collect(attribute: str, modules: list[ModuleType]) -> dict:
+    found: dict = {}
+    for module in modules:
+        for source, value in getattr(module, attribute, {}).items():
+            if source in found:
+                raise ValueError(f"{attribute}[{source!r}] is declared twice (again in {module.__name__})")
+            found[source] = value
+    return found
+
+
+_MODULES = model_modules()
+STATUS_MAPPINGS: dict[str, dict[str, LifecycleStatus]] = _collect("STATUS_MAPPINGS", _MODULES)
+STILL_MOVING: dict[str, frozenset[str]] = _collect("STILL_MOVING", _MODULES)
 
 
 def terminal_raw_statuses(source: str) -> tuple[str, ...]:

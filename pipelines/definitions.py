@@ -1,16 +1,19 @@
 """The one Dagster ``Definitions`` object of this code location.
 
 Everything Dagster runs is found in ``pipelines/defs/`` by ``dg.load_from_defs_folder`` (one folder
-per source with its assets, checks and jobs; the marts, the views, ``sync_all`` and the schedules),
-merged here with the resources and the executor, which both come from the environment. Freshness
-policies are applied here too (their windows are variables). A module added under
+per source with its assets, checks, jobs and resource; the marts, the views, ``sync_all`` and the
+schedules), merged here with the shared warehouse resource and the executor, which both come from
+the environment. Freshness policies are applied here too (their windows are variables). A module added under
 ``pipelines/defs/`` (``dg scaffold defs dagster.asset my_asset.py``) is loaded with the rest.
 
-Resources are built from environment variables (see :mod:`pipelines.settings` and the README);
-secrets are ``EnvVar``\\ s so the UI shows their names only.
+Resources are built from environment variables (see :mod:`pipelines.settings` and the README) each
+time the definitions load: a source's by the ``@dg.definitions`` function of its
+``pipelines/defs/<source>/resources.py``; secrets are ``EnvVar``\\ s so the UI shows their names only.
 """
 
+import importlib
 import logging
+import pkgutil
 from pathlib import Path
 
 import dagster as dg
@@ -18,7 +21,7 @@ import dagster as dg
 from pipelines.allocator import limit_malloc_arenas
 from pipelines.defs.feed_asset import FEED_TAG, LOAD_TAG, current_feed_keys, full_refresh_run_config
 from pipelines.executor import sync_executor
-from pipelines.resources import resources_from_env
+from pipelines.resources import warehouse_from_env
 from pipelines.schedules import OperationsSettings, with_freshness
 from pipelines.settings import load_env_file
 from pipelines.settings import value as settings_value
@@ -30,10 +33,27 @@ logging.getLogger("pipelines").addHandler(logging.NullHandler())
 limit_malloc_arenas()  # run workers launched by the UI or the daemon load this module first
 
 
+DEFS_FOLDER = Path(__file__).parent / "defs"
+
+
+def source_resource_modules() -> list:
+    """Every ``pipelines/defs/<folder>/resources.py`` (a source's resources and how the environment
+    builds them), found by that name: no list of sources to keep."""
+    return [
+        importlib.import_module(f"pipelines.defs.{info.name}.resources")
+        for info in pkgutil.iter_modules([str(DEFS_FOLDER)])
+        if info.ispkg and (DEFS_FOLDER / info.name / "resources.py").exists()
+    ]
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
-    """Resources from the current environment (called at load, and by tests after changing it);
-    variables, defaults and checks are pipelines.settings'."""
-    return resources_from_env()
+    """Every resource from the current environment, as the definitions bind them (the shared
+    warehouse, then each source folder's ``resources_from_env()``); for tests and CLI commands
+    that call a resource outside a run. Variables, defaults and checks are pipelines.settings'."""
+    found: dict[str, dg.ConfigurableResource] = {"warehouse": warehouse_from_env()}
+    for module in source_resource_modules():
+        found.update(module.resources_from_env())
+    return found
 
 
 def build_executor() -> dg.ExecutorDefinition:
@@ -44,13 +64,14 @@ def build_executor() -> dg.ExecutorDefinition:
 
 
 def build_defs() -> dg.Definitions:
-    """The defs folder, with the resources, the executor and the freshness policies of the
-    current environment (tests call it again after changing variables)."""
+    """The defs folder (each source folder contributes its resources), with the warehouse, the
+    executor and the freshness policies of the current environment (tests call it again after
+    changing variables: the folder's ``@dg.definitions`` functions run again each time)."""
     settings = OperationsSettings.from_env()
     folder = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
     return dg.Definitions.merge(
         with_freshness(folder, settings, FEED_TAG),
-        dg.Definitions(resources=build_resources(), executor=build_executor()),
+        dg.Definitions(resources={"warehouse": warehouse_from_env()}, executor=build_executor()),
     )
 
 

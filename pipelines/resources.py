@@ -1,8 +1,10 @@
-"""Dagster resources: the warehouse and one client resource per API, fed by environment variables.
+"""What every resource shares: the warehouse, the base of an API client resource, the writers' pool.
 
-Secrets are passed as ``EnvVar`` so the Dagster UI shows the variable's name, never its value.
-A source whose credentials are missing is *not configured*: its assets report that and succeed,
-so a partial setup (only some networks) still runs.
+Each source's own resource (its class and how the environment builds it) lives in its defs folder,
+``pipelines/defs/<source>/resources.py``, which contributes it to the Definitions; nothing here
+names a source. Secrets are passed as ``EnvVar`` (:func:`secret_env`) so the Dagster UI shows the
+variable's name, never its value. A source whose credentials are missing is *not configured*: its
+assets report that and succeed, so a partial setup (only some networks) still runs.
 """
 
 
@@ -13,7 +15,7 @@ import dagster as dg
 from pydantic import Field as PydanticField
 
 from pipelines import settings
-from pipelines.sources.http import ApiClient, RateLimiter, Redactor, RetryPolicy
+from pipelines.sources.http import ApiClient, RetryPolicy
 from pipelines.warehouse import Warehouse
 
 WRITER_POOL = "duckdb_writer"
@@ -66,9 +68,13 @@ class WarehouseResource(dg.ConfigurableResource):
         return warehouse
 
 
-class _ApiResource(dg.ConfigurableResource):
+class ApiResource(dg.ConfigurableResource):
+    """The base of a source's client resource: base URL, concurrency, page size, the credential
+    check (``credential_vars``, from :func:`pipelines.settings.credentials`) and the
+    :class:`ApiClient` with retries and redaction; a subclass adds its credentials and ``client()``."""
+
     base_url: str
-    max_concurrency: int = settings.DEFAULTS["CPAMOE_CONCURRENCY"]  # the same default for every API
+    max_concurrency: int  # each subclass defaults it to its own ``*_CONCURRENCY`` setting
     page_size: int = 0  # 0: the API's maximum
 
     source_name: ClassVar[str] = ""
@@ -106,172 +112,24 @@ class _ApiResource(dg.ConfigurableResource):
         )
 
 
-class OnlyTrafficMarketerResource(_ApiResource):
-    """OnlyTraffic Marketer API (``ONLYTRAFFIC_MARKETER_BASE_URL``, ``ONLYTRAFFIC_MARKETER_API_KEY``)."""
-
-    api_key: str | None = None
-    base_url_var: ClassVar[str] = "ONLYTRAFFIC_MARKETER_BASE_URL"
-    source_name: ClassVar[str] = settings.MARKETER.source
-    credential_vars: ClassVar[tuple[str, ...]] = settings.MARKETER.variables
-
-    def credentials(self) -> dict[str, str | None]:
-        return {"api_key": self.api_key}
-
-    def client(self, on_retry=None) -> ApiClient:
-        from pipelines.sources.onlytraffic_marketer import marketer_envelope
-
-        self.check_configured()
-        return self._client(
-            headers={"Authorization": self.api_key or "", "Accept": "application/json"},
-            envelope=marketer_envelope,
-            on_retry=on_retry,
-        )
-
-
-class OnlyTrafficStudioResource(_ApiResource):
-    """OnlyTraffic Studio API (``ONLYTRAFFIC_STUDIO_BASE_URL``, ``ONLYTRAFFIC_STUDIO_API_KEY``)."""
-
-    api_key: str | None = None
-    base_url_var: ClassVar[str] = "ONLYTRAFFIC_STUDIO_BASE_URL"
-    source_name: ClassVar[str] = settings.STUDIO.source
-    credential_vars: ClassVar[tuple[str, ...]] = settings.STUDIO.variables
-
-    def credentials(self) -> dict[str, str | None]:
-        return {"api_key": self.api_key}
-
-    def client(self, on_retry=None) -> ApiClient:
-        from pipelines.sources.onlytraffic_studio import studio_envelope
-
-        self.check_configured()
-        return self._client(
-            headers={"X-API-Key": self.api_key or "", "Accept": "application/json"},
-            envelope=studio_envelope,
-            on_retry=on_retry,
-        )
-
-
-class CpamoeResource(_ApiResource):
-    """cpa.moe affiliate API (``CPAMOE_BASE_URL``, ``CPAMOE_USER_ID``, ``CPAMOE_API_KEY``).
-
-    The credentials ride in the URL (``id={user}-{key}``): the client redacts the key and the
-    combined id from every message.
-    """
-
-    user_id: str | None = None
-    api_key: str | None = None
-    leads_dir: str = settings.DEFAULTS["CPAMOE_LEADS_DIR"]
-    base_url_var: ClassVar[str] = "CPAMOE_BASE_URL"
-    source_name: ClassVar[str] = settings.CPAMOE.source
-    credential_vars: ClassVar[tuple[str, ...]] = settings.CPAMOE.variables
-
-    def credentials(self) -> dict[str, str | None]:
-        return {"user_id": self.user_id, "api_key": self.api_key}
-
-    @property
-    def auth_id(self) -> str:
-        """The ``id`` query parameter: ``{user}-{key}``."""
-        return f"{self.user_id}-{self.api_key}"
-
-    def client(self, on_retry=None) -> ApiClient:
-        from pipelines.sources.cpamoe import cpamoe_envelope
-
-        self.check_configured()
-        client = self._client(
-            headers={"Accept": "application/json"}, envelope=cpamoe_envelope, on_retry=on_retry
-        )
-        # the key and the combined id are secrets; the user id alone is not
-        client.redact = Redactor([self.auth_id, self.api_key or ""])
-        return client
-
-
-class MetapicResource(_ApiResource):
-    """Metapic API v2 (``METAPIC_BASE_URL``, ``METAPIC_ACCESS_TOKEN``, ``METAPIC_USER_ID``).
-
-    Requests are rate-limited client-side to ``rate_limit`` per ``rate_window_seconds`` (the
-    documented ``x-ratelimit-limit`` is 300), shared by every thread of the run.
-    """
-
-    access_token: str | None = None
-    user_id: str | None = None
-    rate_limit: int = settings.DEFAULTS["METAPIC_RATE_LIMIT"]
-    rate_window_seconds: float = settings.DEFAULTS["METAPIC_RATE_WINDOW_SECONDS"]
-    base_url_var: ClassVar[str] = "METAPIC_BASE_URL"
-    source_name: ClassVar[str] = settings.METAPIC.source
-    credential_vars: ClassVar[tuple[str, ...]] = settings.METAPIC.variables
-
-    def credentials(self) -> dict[str, str | None]:
-        return {"access_token": self.access_token, "user_id": self.user_id}
-
-    def client(self, on_retry=None) -> ApiClient:
-        from pipelines.sources.metapic import metapic_envelope
-
-        self.check_configured()
-        return self._client(
-            headers={
-                "Authorization": self.access_token or "",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-            },
-            envelope=metapic_envelope,
-            on_retry=on_retry,
-            rate_limiter=RateLimiter.shared(
-                (self.base_url.rstrip("/"), self.user_id), self.rate_limit, self.rate_window_seconds
-            ),
-        )
-
-
-__all__ = [
-    "CpamoeResource",
-    "MetapicResource",
-    "NotConfigured",
-    "OnlyTrafficMarketerResource",
-    "OnlyTrafficStudioResource",
-    "RateLimiter",
-    "WRITER_POOL",
-    "WarehouseResource",
-    "resources_from_env",
-    "retry_policy_from_env",
-]
-
-
-def _secret(name: str) -> dg.EnvVar | None:
+def secret_env(name: str) -> dg.EnvVar | None:
     """The variable as an EnvVar (resolved at run time, never displayed), or None when unset."""
     return dg.EnvVar(name) if settings.value(name) else None
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    """Every resource from the current environment, with the defaults and checks of
-    :class:`pipelines.settings.Settings` (a bad number fails naming its variable). Base URLs and
-    HTTP settings are checked when a client is built, so a run names them too."""
-    v = settings.value
-    return {
-        "warehouse": WarehouseResource(path=settings.env("WAREHOUSE_PATH"), memory_limit=v("WAREHOUSE_MEMORY_LIMIT")),
-        "onlytraffic_marketer": OnlyTrafficMarketerResource(
-            base_url=settings.env("ONLYTRAFFIC_MARKETER_BASE_URL"),
-            api_key=_secret("ONLYTRAFFIC_MARKETER_API_KEY"),
-            max_concurrency=v("ONLYTRAFFIC_MARKETER_CONCURRENCY"),
-            page_size=v("ONLYTRAFFIC_MARKETER_PAGE_SIZE"),
-        ),
-        "onlytraffic_studio": OnlyTrafficStudioResource(
-            base_url=settings.env("ONLYTRAFFIC_STUDIO_BASE_URL"),
-            api_key=_secret("ONLYTRAFFIC_STUDIO_API_KEY"),
-            max_concurrency=v("ONLYTRAFFIC_STUDIO_CONCURRENCY"),
-            page_size=v("ONLYTRAFFIC_STUDIO_PAGE_SIZE"),
-        ),
-        "cpamoe": CpamoeResource(
-            base_url=settings.env("CPAMOE_BASE_URL"),
-            user_id=v("CPAMOE_USER_ID"),
-            api_key=_secret("CPAMOE_API_KEY"),
-            leads_dir=settings.env("CPAMOE_LEADS_DIR"),
-            max_concurrency=v("CPAMOE_CONCURRENCY"),
-        ),
-        "metapic": MetapicResource(
-            base_url=settings.env("METAPIC_BASE_URL"),
-            access_token=_secret("METAPIC_ACCESS_TOKEN"),
-            user_id=v("METAPIC_USER_ID"),
-            max_concurrency=v("METAPIC_CONCURRENCY"),
-            page_size=v("METAPIC_PAGE_SIZE"),
-            rate_limit=v("METAPIC_RATE_LIMIT"),
-            rate_window_seconds=v("METAPIC_RATE_WINDOW_SECONDS"),
-        ),
-    }
+def warehouse_from_env() -> WarehouseResource:
+    """The warehouse resource of the current environment (``WAREHOUSE_PATH``, ``WAREHOUSE_MEMORY_LIMIT``)."""
+    return WarehouseResource(
+        path=settings.env("WAREHOUSE_PATH"), memory_limit=settings.value("WAREHOUSE_MEMORY_LIMIT")
+    )
+
+
+__all__ = [
+    "ApiResource",
+    "NotConfigured",
+    "WRITER_POOL",
+    "WarehouseResource",
+    "retry_policy_from_env",
+    "secret_env",
+    "warehouse_from_env",
+]

@@ -163,15 +163,13 @@ def latest_day_schedule(name: str, job, settings: OperationsSettings) -> dg.Sche
 def build_schedules(
     sync_all: str,
     full_refresh_config: Mapping,
-    daily_jobs: Mapping,
     settings: OperationsSettings,
 ) -> list[dg.ScheduleDefinition]:
-    """Every schedule of the project; ``daily_jobs`` maps a schedule name to a daily-partitioned
-    job (defined in its source folder; schedules name jobs, so each job is defined once)."""
+    """The schedules of ``sync_all``; a source's daily-partitioned job gets its
+    :func:`latest_day_schedule` from its own folder (``pipelines/defs/<source>/schedules.py``)."""
     return [
         sync_open_records_schedule(sync_all, settings),
         daily_reconciliation_schedule(sync_all, full_refresh_config, settings),
-        *(latest_day_schedule(name, job, settings) for name, job in daily_jobs.items()),
     ]
 
 

@@ -432,15 +432,18 @@ class SourceCredentials:
         return [v for v in self.variables if not os.environ.get(v)]
 
 
-def _credentials(source: str) -> SourceCredentials:
-    return SourceCredentials(source, tuple(n for n in VARIABLES if _extra(n)["credential_of"] == source))
+def credentials(source: str) -> SourceCredentials:
+    """The credential variables of ``source`` (the fields whose ``credential_of`` names it), in the
+    model's order; a source's resource takes its ``credential_vars`` from here."""
+    found = tuple(n for n in VARIABLES if _extra(n)["credential_of"] == source)
+    if not found:
+        raise KeyError(f"no setting is a credential of {source!r}")
+    return SourceCredentials(source, found)
 
 
-MARKETER = _credentials(MARKETER_API)
-STUDIO = _credentials(STUDIO_API)
-CPAMOE = _credentials(CPAMOE_API)
-METAPIC = _credentials(METAPIC_API)
-ALL_SOURCES = (MARKETER, STUDIO, CPAMOE, METAPIC)
+# Every source with credentials, in the model's order: found from the fields, so a new source's
+# credential fields are all it takes to be listed (by the CLI, config checks, "nothing configured").
+ALL_SOURCES = tuple(credentials(s) for s in dict.fromkeys(_extra(n)["credential_of"] for n in VARIABLES) if s)
 
 
 def load_env_file(path: str | Path = ".env") -> None:

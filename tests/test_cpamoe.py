@@ -16,7 +16,8 @@ import pytest
 
 from models.status import STATUS_MAPPINGS
 from pipelines.sources.http import AuthError
-from pipelines.resources import CpamoeResource, WarehouseResource
+from pipelines.defs.cpamoe.resources import CpamoeResource
+from pipelines.resources import WarehouseResource
 from pipelines.feeds.cpamoe import submit_lead
 from pipelines.sources.cpamoe import CpamoeError
 from dagster_results import materializations

@@ -365,7 +365,7 @@ def test_wrong_token_fails_at_once_naming_the_variable(mworld):
 def test_sync_never_exceeds_the_rate_limit_window(mworld):
     from pipelines.defs.metapic.assets import metapic_offers, metapic_participants
     from pipelines.definitions import build_resources
-    from pipelines.resources import MetapicResource
+    from pipelines.defs.metapic.resources import MetapicResource
 
     metapic_api = api(mworld)
     limit, window = 12, 1.5

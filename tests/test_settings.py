@@ -72,8 +72,8 @@ def test_unset_or_empty_means_the_default():
 
 
 def test_credentials_and_secrets_come_from_the_model():
-    assert settings.CPAMOE.variables == ("CPAMOE_USER_ID", "CPAMOE_API_KEY")
-    assert settings.METAPIC.variables == ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
+    assert settings.credentials(settings.CPAMOE_API).variables == ("CPAMOE_USER_ID", "CPAMOE_API_KEY")
+    assert settings.credentials(settings.METAPIC_API).variables == ("METAPIC_ACCESS_TOKEN", "METAPIC_USER_ID")
     assert set(settings.SECRET_VARIABLES) == {
         "ONLYTRAFFIC_MARKETER_API_KEY", "ONLYTRAFFIC_STUDIO_API_KEY", "CPAMOE_API_KEY", "METAPIC_ACCESS_TOKEN",
         "ALERTS_WEBHOOK_URL",

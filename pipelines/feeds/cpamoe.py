@@ -55,7 +55,7 @@ from pipelines.warehouse.loader import CommitStep, StepResult, StreamLoad, merge
 from pipelines.warehouse.staging import Field, TableSpec
 
 if TYPE_CHECKING:
-    from pipelines.resources import CpamoeResource
+    from pipelines.defs.cpamoe.resources import CpamoeResource
 
 LEADS_STREAM = "cpamoe_leads"
 LEADS_SOURCE = "cpamoe"  # status_history.source and STATUS_MAPPINGS key

@@ -15,7 +15,8 @@ from pipelines import settings
 from pipelines.checks import check_specs, evaluate_checks, history_intervals_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, WAIT, FeedRun, feed_asset, materialize_asset
 from pipelines.defs.table_metadata import table_metadata
-from pipelines.resources import WRITER_POOL, MetapicResource, WarehouseResource
+from pipelines.defs.metapic.resources import MetapicResource
+from pipelines.resources import WRITER_POOL, WarehouseResource
 # module aliases: the asset objects below are named like the feed modules
 from pipelines.feeds import metapic_offers as offers_feed
 from pipelines.feeds import metapic_participants as participants_feed

@@ -16,7 +16,8 @@ from pipelines import settings
 from pipelines.checks import history_intervals_check, sql_check, standard_checks
 from pipelines.defs.feed_asset import FEED_TAG, FeedRun, feed_asset, materialize_asset
 from pipelines.defs.table_metadata import table_metadata
-from pipelines.resources import WRITER_POOL, OnlyTrafficStudioResource, WarehouseResource
+from pipelines.defs.onlytraffic.resources import OnlyTrafficStudioResource
+from pipelines.resources import WRITER_POOL, WarehouseResource
 from pipelines.settings import load_env_file
 from pipelines.feeds import onlytraffic_marketer as marketer
 from pipelines.feeds import onlytraffic_studio as studio
