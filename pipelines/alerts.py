@@ -24,6 +24,7 @@ project's HTTP layer, record what happened. Rules, and why:
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def deliver_alerts(
     ``WarehouseBusy`` (pipelines.warehouse.alerts) before anything is sent."""
     webhook = Webhook(url)
     token = uuid.uuid4().hex
-    started, start_clock = clock(), _monotonic()
+    started, start_clock = clock(), time.monotonic()
     claim = claim_due_alerts(
         _with_wait(warehouse, CLAIM_WAIT_SECONDS), token=token, now=started,
         claim_until=started + timedelta(seconds=CLAIM_SECONDS), limit=MAX_PER_TICK,
@@ -170,7 +171,7 @@ def deliver_alerts(
     try:
         with webhook.client() as client:
             for alert in claim.alerts:
-                if stop_until is not None or _monotonic() - start_clock > SEND_BUDGET_SECONDS:
+                if stop_until is not None or time.monotonic() - start_clock > SEND_BUDGET_SECONDS:
                     outcomes.append(Outcome(alert, attempted=False, retry_at=stop_until))
                     report.not_tried += 1
                     continue
@@ -204,9 +205,3 @@ def _post(client: ApiClient, webhook: Webhook, body: dict[str, str]) -> tuple[st
     if status // 100 != 2:  # a redirect (not followed: it could lead anywhere) is no delivery
         return f"HTTP {status} from the alerts webhook {webhook.name}", None
     return None, None
-
-
-def _monotonic() -> float:
-    import time
-
-    return time.monotonic()
