@@ -112,3 +112,21 @@ def test_every_sandbox_api_module_is_served():
     for cls in found:
         for method in ("routes", "error_body", "env"):
             assert inspect.isfunction(getattr(cls, method)), (cls, method)
+
+
+def test_a_new_sandbox_module_can_size_its_records_without_a_scale_field():
+    """``Scale.factor`` grows with the presets as their counts do, so ``round(n * factor)`` gives a
+    new module's records the same proportions without adding a field to ``Scale``."""
+    from pipelines.sandbox.world import SCALES
+
+    tiny = SCALES["tiny"]
+    assert tiny.factor == 1
+    previous = tiny
+    for name in ("small", "medium", "large"):
+        scale = SCALES[name]
+        assert scale.factor > previous.factor
+        # within a factor of three of how the existing counts grew
+        for count in (lambda s: s.cpc_orders, lambda s: s.leads, lambda s: s.offers * s.participants_per_offer):
+            grown = count(scale) / count(tiny)
+            assert scale.factor / 3 <= grown <= scale.factor * 3, (name, grown)
+        previous = scale

@@ -16,7 +16,12 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class Scale:
-    """Record counts of a world. ``history_days``: how far back the initial records go."""
+    """Record counts of a world. ``history_days``: how far back the initial records go.
+
+    ``factor``: how many times the tiny world this one is. A sandbox module without a count here
+    sizes its records as its tiny count times ``factor`` (``round(n * world.scale.factor)``), so a
+    new source's module needs no field added to this class.
+    """
 
     cpc_orders: int
     cpl_orders: int
@@ -25,17 +30,18 @@ class Scale:
     offers: int
     participants_per_offer: int
     history_days: int = 120
+    factor: float = 1.0
 
 
 SCALES: dict[str, Scale] = {
     # tests: several pages per list with small page sizes, fast to generate
     "tiny": Scale(cpc_orders=240, cpl_orders=180, swap_orders=220, leads=300, offers=12, participants_per_offer=6, history_days=60),
     # make run: a world you can look at
-    "small": Scale(cpc_orders=2_000, cpl_orders=1_200, swap_orders=1_500, leads=3_000, offers=60, participants_per_offer=12),
+    "small": Scale(cpc_orders=2_000, cpl_orders=1_200, swap_orders=1_500, leads=3_000, offers=60, participants_per_offer=12, factor=10),
     # load tests: thousands of records per feed
-    "medium": Scale(cpc_orders=20_000, cpl_orders=5_000, swap_orders=20_000, leads=50_000, offers=200, participants_per_offer=50),
+    "medium": Scale(cpc_orders=20_000, cpl_orders=5_000, swap_orders=20_000, leads=50_000, offers=200, participants_per_offer=50, factor=100),
     # benchmarks
-    "large": Scale(cpc_orders=200_000, cpl_orders=50_000, swap_orders=200_000, leads=500_000, offers=2_000, participants_per_offer=50, history_days=365),
+    "large": Scale(cpc_orders=200_000, cpl_orders=50_000, swap_orders=200_000, leads=500_000, offers=2_000, participants_per_offer=50, history_days=365, factor=1000),
 }
 
 
