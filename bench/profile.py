@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         with BenchSandbox(args.preset, workroot / "sandbox") as sandbox:
             runner = SyncRunner(workroot / "sync", {**sandbox.env, "CPAMOE_LEADS_DIR": str(sandbox.leads_dir)})
             runner.workdir.mkdir(parents=True)
-            command = [py_spy, "record", "--idle", "--threads", "--rate", str(RATE), "--format", "raw", "--full-filenames",
+            # --subprocesses: every feed step runs in a process of its own (multiprocess executor)
+            command = [py_spy, "record", "--idle", "--threads", "--subprocesses", "--rate", str(RATE), "--format", "raw", "--full-filenames",
                        "--output", str(raw), "--", *runner.command()]
             started = time.monotonic()
             with (runner.workdir / "sync.log").open("w") as log:

@@ -4,13 +4,18 @@ How a sync of one stream flows:
 
 1. :meth:`StreamLoad.read_state` briefly attaches the warehouse read-only and copies what the
    fetch plan needs (the stream's cursor, the entities still open) into the staging database.
-2. Pages are appended, in batches (each one SQL statement with the batch's bodies as columnar
-   list parameters), to an in-memory *staging* DuckDB database: DuckDB's JSON reader splits them
-   into records (no Python loop per record), and each batch is typed and validated in SQL
-   (:mod:`pipelines.warehouse.staging`) while the next pages are being fetched. Memory stays flat whatever
-   the history size: batches are bounded, beyond ``memory_limit`` DuckDB spills to a folder next
-   to the warehouse, and pages are not kept in Python. (Not Arrow or pandas: handing either to
-   DuckDB imports pandas, +110 MB of RSS per sync for no speed gain at these batch sizes.)
+2. Each page's raw body is appended, as it arrives, to an NDJSON *chunk file* in the run's
+   staging folder (one line per page: its sequence number, listed status, label and records path,
+   then the body as it came; no parse, nothing kept in Python). A full chunk (bounded in bytes,
+   records and pages) is handed to one background worker thread, which reads it with DuckDB's
+   JSON reader (explicit column types), splits the bodies into records, and types and validates
+   them in SQL (:mod:`pipelines.warehouse.staging`) into an in-memory *staging* DuckDB database:
+   a few statements per chunk of thousands of records (their planning no longer dominates), while
+   the main thread keeps fetching (DuckDB releases the GIL). :meth:`StreamLoad.flush` (before a
+   query of the feed's and before the commit) waits for every chunk. Memory stays flat whatever
+   the history size: chunks are bounded, beyond ``memory_limit`` DuckDB spills to the run's
+   folder, and pages are not kept in Python. (Not Arrow or pandas: handing either to DuckDB
+   imports pandas, +110 MB of RSS per sync for no speed gain.)
 3. :meth:`StreamLoad.commit` attaches the warehouse and, in one transaction, writes quarantined
    records, upserts only the rows whose content changed, closes and opens ``status_history``
    intervals, and advances the stream's cursor in ``sync_state``. A crash or a failed request
@@ -24,12 +29,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 
@@ -44,6 +51,7 @@ log = logging.getLogger(__name__)
 
 WH = "wh"
 BATCH = "batch"  # schema of the batch being staged
+DATA_RECORDS = "$.data[*]"  # the records path of most pages (Page's default)
 
 
 @dataclass
@@ -158,9 +166,9 @@ class StreamLoad:
         *,
         run_id: str,
         key_sql: str | None = None,
-        batch_bytes: int = 4 * 1024 * 1024,
-        batch_records: int = 1000,
-        batch_pages: int = 32,
+        batch_bytes: int | None = None,
+        batch_records: int = 10_000,
+        batch_pages: int = 1000,
         batch_tables: dict[str, str] | None = None,
         on_progress: Callable[[str, int], None] | None = None,
     ) -> None:
@@ -169,16 +177,27 @@ class StreamLoad:
         self.specs = specs
         self.run_id = run_id
         self.key_sql = key_sql or "NULL"
-        self.batch_bytes = batch_bytes
+        # A chunk's typing statements hold its JSON parse buffers at once (swap orders: ~60x the
+        # bytes of their bodies): by default a chunk's bodies are a hundredth of the memory limit
+        # (1.6 MB at 160 MB; 10 MB at 1 GB), between 1 and 32 MB.
+        self.batch_bytes = batch_bytes or chunk_bytes_for(warehouse.memory_limit)
         self.batch_records = batch_records
         self.batch_pages = batch_pages
         self._batch_records = 0
+        self._batch_pages = 0
         self.on_progress = on_progress
         self.records_received = 0
         self.pages_received = 0
-        self._batch: list[Page] = []
         self._batch_size = 0
         self._seq = 0
+        # the chunk file being written, and the worker typing closed chunks (see add/flush)
+        self._chunk: IO[bytes] | None = None
+        self._chunk_path: Path | None = None
+        self._chunk_n = 0
+        self._chunk_longest = 0  # bytes of its longest line: the JSON reader's object size bound
+        self._worker: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._failure: BaseException | None = None
         self.con: duckdb.DuckDBPyConnection | None = None
         self._dir: Path | None = None
         self._staging: StagingDir | None = None
@@ -197,7 +216,8 @@ class StreamLoad:
         # In memory, spilling to this run's own folder beyond memory_limit: no file to create,
         # write and checkpoint for data that lives only until the commit.
         self.con = duckdb.connect(":memory:")
-        configure(self.con, self.warehouse.memory_limit, self.warehouse.threads)
+        # every core for the typing work (the chunks are typed beside the fetching threads)
+        configure(self.con, self.warehouse.memory_limit, max(self.warehouse.threads, os.cpu_count() or 1))
         self.con.execute(f"SET temp_directory = '{self._dir / 'spill'}'")
         enum_values = ", ".join(f"'{v}'" for v in LIFECYCLE_STATUSES)
         self.con.execute(f"CREATE TYPE lifecycle_status AS ENUM ({enum_values})")
@@ -210,6 +230,13 @@ class StreamLoad:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._chunk is not None:
+            self._chunk.close()
+            self._chunk = None
+        if self._worker is not None:
+            # a failed fetch: chunks not started are dropped, the one being typed is waited for
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -237,64 +264,112 @@ class StreamLoad:
     # -- while fetching ----------------------------------------------------------------------
 
     def add(self, page: Page) -> None:
-        """Queue a page; pages are written to staging in batches."""
+        """Stage a page: its raw body is appended to the current chunk file (one line, no parse,
+        nothing kept in Python); full chunks are typed by the background worker."""
         self.pages_received += 1
         self.records_received += page.records
         if not page.records:
             return
-        self._batch.append(page)
-        self._batch_size += len(page.body)
+        if self._failure is not None:
+            raise self._failure  # a chunk failed to type: stop fetching, the sync fails
+        body = page.body.encode() if isinstance(page.body, str) else page.body
+        self._seq += 1
+        if self._chunk is None:
+            self._chunk_n += 1
+            assert self._dir is not None
+            self._chunk_path = self._dir / f"pages-{self._chunk_n:06d}.ndjson"
+            self._chunk = self._chunk_path.open("wb")
+        # One line per page: its metadata, then the body as it came (a JSON document's raw line
+        # breaks are whitespace; inside strings JSON escapes them).
+        head = json.dumps({"q": self._seq, "s": page.listed_status, "l": page.label, "p": page.records_path})
+        # The common layout (records under ``data``) goes in as "d", which the reader types as
+        # STRUCT(data JSON[]): one parse yields the records; any other layout as "b" (JSON).
+        field = b',"d":' if page.records_path == DATA_RECORDS else b',"b":'
+        line = head[:-1].encode() + field + body.replace(b"\n", b" ").replace(b"\r", b" ") + b"}\n"
+        self._chunk.write(line)
+        self._chunk_longest = max(self._chunk_longest, len(line))
+        self._batch_size += len(body)
         self._batch_records += page.records
+        self._batch_pages += 1
         # DuckDB's JSON functions keep what they parse until a statement ends, so the memory of a
-        # statement grows with the records it reads: batches are bounded in records and bytes.
+        # statement grows with the records it reads: chunks are bounded in records and bytes.
         if (
             self._batch_size >= self.batch_bytes
             or self._batch_records >= self.batch_records
-            or len(self._batch) >= self.batch_pages
+            or self._batch_pages >= self.batch_pages
         ):
-            self.flush()
+            self._hand_over()
         if self.on_progress:
             self.on_progress(page.label or self.stream, page.records)
 
-    def flush(self) -> None:
-        if not self._batch:
-            self._make_batch_tables()
+    def _hand_over(self) -> None:
+        """Close the current chunk file and queue it for the worker (chunks are typed in order)."""
+        if self._chunk is None:
             return
+        self._chunk.close()
+        path, longest = self._chunk_path, self._chunk_longest
+        self._chunk, self._chunk_longest = None, 0
+        self._batch_size = self._batch_records = self._batch_pages = 0
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{self.stream}")
+        self._pending.append(self._worker.submit(self._stage_chunk, path, longest))
+
+    def flush(self) -> None:
+        """Type everything staged so far and wait for it: ``recs``, the ``typed_*`` and batch
+        tables are then complete (a query or the commit reads them)."""
+        self._hand_over()
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # the worker's first error, if any, is raised here
+        if self._failure is not None:
+            raise self._failure
+        self._make_batch_tables()
+
+    def _stage_chunk(self, path: Path, longest: int) -> None:
+        """In the worker thread: split a chunk's pages into records, derive, type (few statements
+        for thousands of records), append. The main thread keeps fetching meanwhile and never
+        uses the connection until :meth:`flush` has waited for this."""
+        if self._failure is not None:
+            return  # an earlier chunk failed: later ones would be typed out of order
+        try:
+            self._load_chunk(path, longest)
+        except BaseException as exc:
+            self._failure = exc
+            raise
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _load_chunk(self, path: Path, longest: int) -> None:
         assert self.con is not None
-        seqs, statuses, labels, bodies, paths = [], [], [], [], []
-        for page in self._batch:
-            self._seq += 1
-            seqs.append(self._seq)
-            statuses.append(page.listed_status)
-            labels.append(page.label)
-            bodies.append(page.body.decode() if isinstance(page.body, bytes) else page.body)
-            paths.append(page.records_path)
-        # The batch goes in as list parameters: no Arrow or pandas conversion (duckdb's
-        # ``register`` would import pandas, ~40 MB, just to check the object's type).
+        literal_file = "'" + str(path).replace("'", "''") + "'"
+        # DuckDB's JSON reader reads the file (one page per line) with explicit types: the
+        # metadata as a list, the body kept as JSON for the records path to split.
         self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE page_batch AS SELECT CAST(unnest($1) AS BIGINT) AS seq, "
-            "CAST(unnest($2) AS VARCHAR) AS listed_status, CAST(unnest($3) AS VARCHAR) AS label, "
-            "CAST(unnest($4) AS VARCHAR) AS body, CAST(unnest($5) AS VARCHAR) AS path",
-            [seqs, statuses, labels, bodies, paths],
+            f"""
+            CREATE OR REPLACE TEMP TABLE page_batch AS
+            SELECT q AS seq, s AS listed_status, l AS label, p AS path, d.data AS records, b AS body
+            FROM read_ndjson({literal_file}, maximum_object_size = {max(longest + 1024, 16 * 2**20)},
+                             columns = {{'q': 'BIGINT', 's': 'VARCHAR', 'l': 'VARCHAR', 'p': 'VARCHAR',
+                                         'd': 'STRUCT(data JSON[])', 'b': 'JSON'}})
+            """
         )
-        # One statement per batch (and records path): DuckDB splits every body into records, into
-        # a table of this batch alone (typed next), then appended to ``recs``.
+        # One statement per records path: DuckDB splits every body into records, into a table of
+        # this chunk alone (typed next), then appended to ``recs``.
         self.con.execute(f"CREATE OR REPLACE TABLE {BATCH}.recs AS SELECT * FROM main.recs LIMIT 0")
-        for path in sorted(set(paths)):
-            literal = "'" + path.replace("'", "''") + "'"
+        paths = [r[0] for r in self.con.execute("SELECT DISTINCT path FROM page_batch ORDER BY path").fetchall()]
+        for records_path in paths:
+            literal = "'" + records_path.replace("'", "''") + "'"
+            records = "records" if records_path == DATA_RECORDS else f"json_extract(body, {literal})"
             self.con.execute(
                 f"""
                 INSERT INTO {BATCH}.recs
                 SELECT seq, pos, listed_status, label, {self.key_sql} AS key, rec
                 FROM (SELECT seq, generate_subscripts(l, 1) AS pos, listed_status, label, unnest(l) AS rec
-                      FROM (SELECT seq, listed_status, label, json_extract(body::JSON, {literal}) AS l
+                      FROM (SELECT seq, listed_status, label, {records} AS l
                             FROM page_batch WHERE path = {literal}))
                 """
             )
         self.con.execute("DROP TABLE page_batch")
-        self._batch.clear()
-        self._batch_size = 0
-        self._batch_records = 0
         self._derive_batch_tables()
         self._type_batch()
         self.con.execute(f"INSERT INTO main.recs SELECT * FROM {BATCH}.recs")
@@ -613,6 +688,21 @@ class StreamLoad:
                 json.dumps(warnings),
             ],
         )
+
+
+_UNITS = {"": 1, "B": 1, "KB": 1000, "KIB": 1024, "MB": 1000**2, "MIB": 1024**2, "GB": 1000**3, "GIB": 1024**3,
+          "TB": 1000**4, "TIB": 1024**4}
+
+
+def chunk_bytes_for(memory_limit: str) -> int:
+    """Bytes of page bodies per typed chunk for a DuckDB ``memory_limit`` ('160MB', '1GiB'...)."""
+    text = str(memory_limit).strip().upper().replace(" ", "")
+    number = text.rstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    try:
+        limit = float(number) * _UNITS[text[len(number):]]
+    except (KeyError, ValueError):
+        limit = 160 * 1000**2
+    return int(min(max(limit / 100, 2**20), 32 * 2**20))
 
 
 def _key_join(spec: TableSpec, left: str, right: str) -> str:

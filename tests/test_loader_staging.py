@@ -1,0 +1,140 @@
+"""The loader stages raw page bodies as NDJSON chunk files and types them in chunks (issue 14).
+
+Pages come from the sandbox over real HTTP and go through the one stream driver
+(:func:`pipelines.feeds.run.run_stream`), as every feed's do. What must hold: every record of
+every page is staged once, whatever the page's layout (a pretty-printed body has raw line breaks,
+and strings may hold escaped ones); chunk files do not outlive their typing; a chunk that cannot
+be read fails the sync before anything is written (warehouse and cursor as they were).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines.feeds.onlytraffic_marketer import CPC_ORDERS
+from pipelines.feeds.run import Fetched, run_stream
+from pipelines.page import Page
+from pipelines.sandbox.onlytraffic_marketer import API_KEY
+from pipelines.sandbox.server import Sandbox
+from pipelines.warehouse import Warehouse
+
+STATUSES = ("waiting", "completed")
+
+
+def _pages(base_url: str, limit: int = 20) -> list[Page]:
+    """Every CPC order page of the tiny world, read from the sandbox as the client reads them."""
+    pages = []
+    with httpx.Client(base_url=base_url, headers={"authorization": API_KEY}) as client:
+        for status in STATUSES:
+            offset = 0
+            while True:
+                response = client.get("/api/marketer/cpc/orders", params={"status": status, "offset": offset, "limit": limit})
+                response.raise_for_status()
+                records = response.json()["data"]
+                if not records:
+                    break
+                pages.append(Page(response.content, len(records), listed_status=status, label=f"cpc:{status}"))
+                offset += len(records)
+    return pages
+
+
+@pytest.fixture
+def sandbox() -> Sandbox:
+    with Sandbox(scale="tiny") as sb:
+        yield sb
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Warehouse:
+    wh = Warehouse(str(tmp_path / "warehouse.duckdb"))
+    wh.ensure_schema()
+    return wh
+
+
+def _scalar(warehouse: Warehouse, sql: str):
+    with warehouse.connect(read_only=True) as con:
+        return con.execute(sql).fetchone()[0]
+
+
+def test_pages_are_staged_as_ndjson_chunks_and_typed_once(sandbox: Sandbox, warehouse: Warehouse) -> None:
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    expected = sum(p.records for p in pages)
+    ids = {r["order_id"] for p in pages for r in json.loads(p.body)["data"]}
+    assert len(pages) >= 4 and len(ids) == expected
+    seen: dict[str, object] = {}
+
+    def fetch(load) -> Fetched:
+        for page in pages[:3]:
+            load.add(page)
+        # bodies are on disk in the run's staging folder, not in Python, until a chunk is typed
+        seen["chunk_files_while_fetching"] = sorted(p.name for p in load._dir.glob("pages-*.ndjson"))
+        for page in pages[3:]:
+            load.add(page)
+        seen["recs"] = load.query("SELECT count(*), count(DISTINCT seq) FROM recs")[0]
+        seen["left_after_flush"] = list(load._dir.glob("pages-*.ndjson"))
+        return Fetched(cursor={"test": 1}, mode="full")
+
+    report = run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id="r1", fetch=fetch,
+                        batch_records=45)  # several chunks
+    assert seen["chunk_files_while_fetching"], "the first pages should sit in a chunk file"
+    assert seen["recs"] == (expected, len(pages))
+    assert seen["left_after_flush"] == []  # typed chunks are removed
+    assert report.result.primary.inserted == expected
+    assert _scalar(warehouse, "SELECT count(*) FROM cpc_orders") == expected
+    assert _scalar(warehouse, "SELECT count(*) FROM quarantine") == 0
+
+
+def test_pretty_printed_bodies_and_escaped_line_breaks(sandbox: Sandbox, warehouse: Warehouse) -> None:
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    reshaped = []
+    for page in pages:
+        body = json.loads(page.body)
+        for record in body["data"]:
+            record["note"] = "line one\nline two\r\n\"quoted\""  # an unknown field: kept in raw
+        # raw line breaks between tokens, as a pretty-printing server sends them
+        reshaped.append(Page(json.dumps(body, indent=2), page.records, page.listed_status, page.label))
+    assert b"\n" in reshaped[0].body.encode()
+
+    def fetch(load) -> Fetched:
+        for page in reshaped:
+            load.add(page)
+        return Fetched(cursor=None, mode="full")
+
+    run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id="r1", fetch=fetch, batch_records=30)
+    expected = sum(p.records for p in pages)
+    assert _scalar(warehouse, "SELECT count(*) FROM cpc_orders") == expected
+    notes = _scalar(warehouse, "SELECT count(*) FROM cpc_orders WHERE raw->>'note' = 'line one\nline two\r\n\"quoted\"'")
+    assert notes == expected
+
+
+def test_a_chunk_that_cannot_be_read_fails_the_sync_and_writes_nothing(sandbox: Sandbox, warehouse: Warehouse) -> None:
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+
+    def good(load) -> Fetched:
+        for page in pages:
+            load.add(page)
+        return Fetched(cursor={"generation": 1}, mode="full")
+
+    run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id="r1", fetch=good)
+    rows = _scalar(warehouse, "SELECT count(*) FROM cpc_orders")
+    cursor = _scalar(warehouse, "SELECT cursor FROM sync_state WHERE stream = 'cpc_orders'")
+
+    def broken(load) -> Fetched:
+        for page in pages[:2]:
+            load.add(page)
+        load.add(Page(b'{"data": [{"order_id": "x"', 1, "completed", "cpc:completed"))  # truncated body
+        for page in pages[2:]:
+            load.add(page)
+        return Fetched(cursor={"generation": 2}, mode="full")
+
+    with pytest.raises(Exception):
+        run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id="r2", fetch=broken,
+                   batch_records=20)
+    assert _scalar(warehouse, "SELECT count(*) FROM cpc_orders") == rows
+    assert _scalar(warehouse, "SELECT cursor FROM sync_state WHERE stream = 'cpc_orders'") == cursor
+    assert _scalar(warehouse, "SELECT count(*) FROM sync_runs WHERE run_id = 'r2' AND finished_at IS NOT NULL "
+                              "AND inserted > 0") == 0
