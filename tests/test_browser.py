@@ -9,6 +9,7 @@ skip, saying why, on a developer's machine.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import struct
@@ -50,6 +51,27 @@ for (const e of document.querySelectorAll('a,button')) { if (e.innerText.trim() 
 let n = document.querySelector('input[placeholder^="Jump to"]');
 while (n && !n.parentElement.querySelector('button')) n = n.parentElement;
 if (n) n.parentElement.querySelector('button').click();"""
+# The README's picture: top to bottom (sources, then the views they feed), the source groups
+# collapsed to their names and the marts and views expanded; the whole graph's 18 boxes would be
+# unreadable at the width a README is shown (GitHub: about 880 px). The UI keeps both in localStorage.
+PICTURE_LAYOUT = """
+localStorage.setItem('asset-graph-direction', '"vertical"');
+localStorage.setItem('asset-graph-open-graph-nodes-global-__GLOBAL__',
+                     JSON.stringify({expanded: 'global@global:marts,global@global:views'}));"""
+# the box around everything the graph draws (groups and assets are HTML inside <foreignObject>)
+GRAPH_BOX = """
+const rects = Array.from(document.querySelectorAll('svg foreignObject'))
+  .map(e => e.getBoundingClientRect()).filter(r => r.width > 0);
+if (!rects.length) return null;
+return [Math.min(...rects.map(r => r.left)), Math.min(...rects.map(r => r.top)),
+        Math.max(...rects.map(r => r.right)), Math.max(...rects.map(r => r.bottom))];"""
+LABEL_FONT_PX = """
+for (const e of document.querySelectorAll('svg foreignObject *')) {
+  if (e.childElementCount === 0 && e.innerText && e.innerText.trim() === arguments[0])
+    return parseFloat(getComputedStyle(e).fontSize);
+}
+return null;"""
+README_WIDTH = 880  # px: GitHub's README column, where a wider picture is scaled down
 ZOOM_OUT = """
 const slider = document.querySelector('[data-zoom-control]');
 const next = slider && slider.nextElementSibling;
@@ -157,6 +179,31 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
+def graph_picture(driver, name: str, margin: int = 16) -> Path:
+    """The graph alone (no UI around it), at twice the page's pixel density, where
+    :func:`screenshot` keeps pictures (docs/ when asked); asserts its labels stay readable at
+    the README's width."""
+    box = driver.execute_script(GRAPH_BOX)
+    assert box, "the asset graph drew nothing"
+    left, top, right, bottom = box
+    clip = {"x": left - margin, "y": top - margin, "width": right - left + 2 * margin,
+            "height": bottom - top + 2 * margin, "scale": 2}
+    shown = min(1.0, README_WIDTH / clip["width"])  # how much GitHub scales it down
+    font = driver.execute_script(LABEL_FONT_PX, "v_summary")
+    assert font and font * shown >= 9, f"labels of {font}px shown at {shown:.2f}x: unreadable in the README"
+    data = base64.b64decode(driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "clip": clip})["data"])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, _ = struct.unpack(">II", data[16:24])
+    assert abs(width - 2 * clip["width"]) <= 2, (width, clip)
+    assert len(data) > 30_000, f"{name} is only {len(data)} bytes: a blank page?"
+    if not (DOCS / name).exists() or os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        path = DOCS / name
+    else:
+        path = Path(tempfile.gettempdir()) / f"affwh-{name}"
+    path.write_bytes(data)
+    return path
+
+
 def test_asset_graph_shows_every_group_and_the_partitioned_assets(browser, dagster_ui, backfills):  # noqa: F811
     groups = ["onlytraffic", "metapic", "cpamoe", "marts", "views"]
     show(browser, f"{dagster_ui.url}/asset-groups", ["Global asset lineage", *groups])
@@ -168,9 +215,13 @@ def test_asset_graph_shows_every_group_and_the_partitioned_assets(browser, dagst
         assert browser.execute_script(ZOOM_OUT), "no zoom control on the asset graph"
         time.sleep(0.5)
     time.sleep(2)  # the zoom animates
-
     assert COMMUNITY_DIALOG not in browser.execute_script("return document.body.innerText")
-    screenshot(browser, "asset-graph.png")
+
+    # the README's picture: sources collapsed, marts and views expanded, at the UI's own zoom
+    browser.execute_script(PICTURE_LAYOUT)
+    show(browser, f"{dagster_ui.url}/asset-groups", ["cpamoe", "onlytraffic", "metapic", "v_summary", "cpamoe_payouts"])
+    time.sleep(2)  # the layout settles
+    graph_picture(browser, "asset-graph.png")
 
 
 def test_backfill_page_shows_the_completed_range(browser, dagster_ui, backfills):  # noqa: F811
