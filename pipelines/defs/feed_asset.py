@@ -30,7 +30,7 @@ from models import metadata as warehouse_schema
 from pipelines import progress as terminal_progress
 from pipelines import settings
 from pipelines.checks import WarehouseCheck, check_specs, evaluate_checks
-from pipelines.defs.table_metadata import relations, table_metadata
+from pipelines.defs.table_metadata import table_metadata
 from pipelines.resources import NotConfigured, WarehouseResource
 from pipelines.feeds.status_lists import SyncReport
 
@@ -273,7 +273,7 @@ def feed_asset(
         retry_policy=feed_retry_policy(),
         check_specs=check_specs(checks),
         required_resource_keys={"warehouse", *resources},
-        metadata=table_metadata(key) if key in relations() else None,
+        metadata=table_metadata(key) or None,  # its columns, name and DDL (a table of models/)
     )
     def _feed(context: dg.AssetExecutionContext, config: SyncConfig):
         run = FeedRun(context.run_id, config.full_refresh, context.log, context.resources)
