@@ -6,8 +6,8 @@ compiled from ``models/`` (the SQLAlchemy tables the warehouse is created from, 
 dialect) and run in an empty in-memory database, then every view of ``sql/`` is created over them
 and DuckDB binds it. ``information_schema`` then lists what the warehouse itself will list, with
 DuckDB's own type names, so the catalog cannot drift from the warehouse (tests/test_catalog.py
-compares it with a synced warehouse), and a view that no longer binds fails the definitions' load
-instead of a run. This costs about 0.1 s, once per process.
+compares it with a synced warehouse). A view that does not bind gets no schema here (its step
+will fail saying why); the code location still loads. This costs about 0.1 s, once per process.
 
 This module lives in the defs folder but defines no Dagster object of its own.
 """
@@ -71,12 +71,11 @@ def relations() -> Mapping[str, Relation]:
             for name, sql in pending.items():
                 try:
                     con.execute(f'CREATE VIEW "{name}" AS\n{sql}')
-                except duckdb.CatalogException:
+                except duckdb.Error:
                     continue
                 created.append(name)
-            if not created:  # a view names a relation that does not exist: say which
-                name = sorted(pending)[0]
-                con.execute(f'CREATE VIEW "{name}" AS\n{pending[name]}')
+            if not created:  # what is left does not bind
+                break
             for name in created:
                 del pending[name]
         rows = con.execute(
@@ -90,7 +89,7 @@ def relations() -> Mapping[str, Relation]:
         name: Relation(name, ddl[name], tuple(columns[name]), tuple(c.name for c in table.primary_key.columns))
         for name, table in models_metadata.tables.items()
     }
-    found.update({name: Relation(name, views[name], tuple(columns[name])) for name in views})
+    found.update({name: Relation(name, views[name], tuple(columns[name])) for name in views if name in columns})
     return found
 
 
@@ -114,7 +113,10 @@ def _markdown(sql: str) -> dg.MetadataValue:
 
 
 def table_metadata(name: str) -> dict[str, object]:
-    """Definition metadata of the asset standing for table or view ``name``."""
+    """Definition metadata of the asset standing for table or view ``name`` (none for a view
+    that does not bind)."""
+    if name not in relations():
+        return {}
     relation = relations()[name]
     sql = relation.sql if name in models_metadata.tables else f"create or replace view {name} as\n{relation.sql}"
     return {
