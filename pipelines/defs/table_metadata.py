@@ -7,7 +7,8 @@ dialect) and run in an empty in-memory database, then every view of ``sql/`` is 
 and DuckDB binds it. ``information_schema`` then lists what the warehouse itself will list, with
 DuckDB's own type names, so the catalog cannot drift from the warehouse (tests/test_catalog.py
 compares it with a synced warehouse). A view that does not bind gets no schema here (its step
-will fail saying why); the code location still loads. This costs about 0.1 s, once per process.
+will fail saying why); the code location still loads. This costs about 0.2 s once per process
+(the step processes fork from a server that preloaded the definitions).
 
 This module lives in the defs folder but defines no Dagster object of its own.
 """
