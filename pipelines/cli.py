@@ -28,9 +28,8 @@ from pipelines.clock import CLOCK_URL_VARIABLE
 from pipelines.settings import ALL_SOURCES, FIELDS, any_credentials_set, env, load_env_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The project's Dagster instance configuration, copied into DAGSTER_HOME. Not in the project root:
-# `dg dev` runs from there and warns that a dagster.yaml in its folder "will not be used".
-INSTANCE_CONFIG = PROJECT_ROOT / "deploy" / "dagster.yaml"
+# The project's Dagster instance configuration, copied into DAGSTER_HOME (see pipelines/dagster_dev.py).
+INSTANCE_CONFIG = PROJECT_ROOT / "dagster.yaml"
 
 
 def dagster_home() -> Path:
@@ -275,9 +274,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         if sandbox_env is not None:
             catch_up_sandbox(sandbox_env)
         report_sources(sandbox_env)
-        dg_bin = Path(sys.executable).with_name("dg")
-        command = [str(dg_bin), "dev", "--port", str(args.port), "--host", args.host]
-        print("Starting the Dagster UI:", " ".join(command))
+        command = [sys.executable, "-m", "pipelines.dagster_dev", "dev", "--port", str(args.port), "--host", args.host]
+        print(f"Starting the Dagster UI: dg dev --port {args.port} --host {args.host}")
         # dg warns when the venv it runs from is not the "activated" one; make run/ui never activate
         child_env = {**os.environ, "VIRTUAL_ENV": sys.prefix} if sys.prefix != sys.base_prefix else None
         try:

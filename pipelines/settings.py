@@ -277,7 +277,7 @@ class Settings(BaseModel):
     )
     dagster_home: str = setting(
         "DAGSTER_HOME", ".dagster_home",
-        "Dagster instance folder (runs, schedules; `deploy/dagster.yaml` is copied there); unset, `make`/`affwh` "
+        "Dagster instance folder (runs, schedules; the project's `dagster.yaml` is copied there); unset, `make`/`affwh` "
         "use `.dagster_home` in the project, `dg` a throwaway one: `.env.example` sets it for `dg` (see *Operations*)",
         group=TUNING,
     )

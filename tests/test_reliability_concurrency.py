@@ -91,7 +91,7 @@ def test_a_sync_and_a_backfill_started_together_both_finish_and_lose_nothing(sit
     site.register_leads()
     home = site.dagster_home
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:  # an existing instance, as in production
         assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     reader = Reader(site.warehouse_path)

@@ -175,7 +175,7 @@ def _prepare_site(site: Site) -> None:
     site.api("metapic").rate_limit = 100_000
     site.sandbox.set_faults(latency=0.01)
     site.dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(PROJECT_ROOT / "deploy" / "dagster.yaml", site.dagster_home / "dagster.yaml")
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", site.dagster_home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(site.dagster_home)):
         pass
 

@@ -296,7 +296,7 @@ def start_ui(root: Path, anchor) -> DagsterUi:
     sandbox.start()
     home = root / "dagster_home"
     home.mkdir(parents=True)
-    shutil.copyfile(PROJECT_ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     env = clean_env(  # the allow-list (conftest): no developer's setting reaches the servers
         **sandbox.env(),
         DAGSTER_HOME=str(home),
