@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines import warehouse as warehouse_module
+from pipelines.warehouse import connection as warehouse_module
 from pipelines.warehouse import Warehouse
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
@@ -87,7 +87,7 @@ def test_nothing_but_the_warehouse_module_opens_a_duckdb_file():
     offenders = []
     for path in sorted(PIPELINES.rglob("*.py")):
         relative = path.relative_to(PIPELINES).as_posix()
-        if relative == "warehouse.py" or relative.startswith("sandbox/"):
+        if relative == "warehouse/connection.py" or relative.startswith("sandbox/"):
             continue
         for line, args in _duckdb_connect_calls(path):
             if args not in ("", "':memory:'", '":memory:"'):
