@@ -32,10 +32,13 @@ from pipelines.sandbox import Sandbox
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # As the shared `world` fixture: several pages per list, fast retries, and a client timeout no
 # honest answer reaches even on a loaded machine (only tests injecting `timeout` faults lower it).
+# A failing feed step in a subprocess run is retried by its RetryPolicy as a user's would be, after
+# 1 s instead of 30 s (then 60 s): the retry is exercised, the wait is not what the tests are about.
 BASE_ENV = {
     "ONLYTRAFFIC_MARKETER_PAGE_SIZE": "50",
     "HTTP_BACKOFF_BASE_SECONDS": "0.01",
     "HTTP_TIMEOUT_SECONDS": "30",
+    "FEED_STEP_RETRY_DELAY_SECONDS": "1",
 }
 # Faults at a realistic rate: 20 % of requests fail, every kind; 429s carry a Retry-After of 0 or
 # 1 s, rate-limit errors inside 200 bodies none (no doc promises one). A `timeout` fault answers
