@@ -12,6 +12,18 @@ from models.status import STATUS_MAPPINGS
 from dagster_results import materializations
 
 CPL_ROUTE = "marketer/cpl/orders"
+
+
+def served_in_a_full_walk(orders: int, limit: int = 50) -> int:
+    """Records the API serves for a full walk of a list of ``orders`` at page size ``limit``: each
+    page after the first is read ahead from the previous page's last order (one order overlap,
+    pipelines/sources/read_ahead.py), so every page read ahead that is not empty serves one more."""
+    if orders < limit:
+        return orders
+    read_ahead = -(-(orders - (limit - 1)) // (limit - 1))  # pages from offsets 49, 98, ... below orders
+    return orders + read_ahead
+
+
 STATUSES = {"waiting", "accepted", "rejected", "completed", "cancelled"}
 TERMINAL = ("rejected", "completed", "cancelled")
 
@@ -66,7 +78,7 @@ def test_full_sync_reads_every_status_explicitly_across_pages(world):
     stats = world.sandbox.stats.snapshot()
     for status in STATUSES:
         expected = sum(1 for t in truth.values() if t["status"] == status)
-        assert stats["records"][f"{CPL_ROUTE}|{status}"] == expected
+        assert stats["records"][f"{CPL_ROUTE}|{status}"] == served_in_a_full_walk(expected)
     # the undocumented default filter (accepted only in the sandbox) is never relied on
     requests = [r for r in world.sandbox.stats.recent if r.startswith(CPL_ROUTE)]
     assert len(requests) > len(STATUSES)  # page size 50: several pages for the big lists

@@ -229,7 +229,17 @@ def test_the_no_change_incremental_after_a_quiet_full_sync_reads_no_terminal_lis
         assert got < listed or listed <= 100, (status, got, listed)
     for status in (book.waiting, book.active):  # each open list read once
         got = sum(v for k, v in served.items() if k.endswith(f"|{status}"))
-        assert got == len(book.listed(status)), (status, got)
+        assert got == served_in_one_read(case, len(book.listed(status))), (status, got)
+
+
+def served_in_one_read(case, orders: int) -> int:
+    """Records the API serves for one full read of a list of ``orders``. Marketer pages after the
+    first are read ahead from the previous page's last order (pipelines/sources/read_ahead.py):
+    each such page that is not empty serves that order once more."""
+    limit = 25  # ONLYTRAFFIC_MARKETER_PAGE_SIZE of the churn world
+    if case.asset not in ("cpc_orders", "cpl_orders") or orders < limit:
+        return orders
+    return orders + -(-(orders - (limit - 1)) // (limit - 1))
 
 
 @pytest.mark.parametrize("order", ["oldest_first", "shuffled"])

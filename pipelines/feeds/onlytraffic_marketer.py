@@ -93,7 +93,7 @@ def sync_cpc_orders(
 ) -> SyncReport:
     """Sync ``cpc_orders`` (every status list, incrementally unless ``full_refresh``)."""
     return _sync_list(
-        cpc_listing(client, page_size or MAX_LIMIT), CPC_ORDERS, CPC_SUMMARY,
+        cpc_listing(client, page_size or MAX_LIMIT, max_workers), CPC_ORDERS, CPC_SUMMARY,
         warehouse=warehouse, client=client, run_id=run_id, full_refresh=full_refresh,
         max_workers=max_workers, log=log, on_progress=on_progress,
     )
@@ -112,7 +112,7 @@ def sync_cpl_orders(
 ) -> SyncReport:
     """Sync ``cpl_orders`` (every status list, incrementally unless ``full_refresh``)."""
     return _sync_list(
-        cpl_listing(client, page_size or MAX_LIMIT), CPL_ORDERS, CPL_SUMMARY,
+        cpl_listing(client, page_size or MAX_LIMIT, max_workers), CPL_ORDERS, CPL_SUMMARY,
         warehouse=warehouse, client=client, run_id=run_id, full_refresh=full_refresh,
         max_workers=max_workers, log=log, on_progress=on_progress,
     )

@@ -15,9 +15,13 @@ Docs: ``shared/api-docs/onlytraffic-marketer-cpc-orders.openapi.md`` and
 - Assumption (docs silent): lists are ordered newest-created first. The incremental terminal-list
   read relies on it only after checking it page by page (see :mod:`pipelines.feeds.incremental`).
 - The lists have no sort parameter and no date filter, and move while they are read (an order
-  accepted or completed between two requests shifts the list under ``offset``): pages are read
+  accepted or completed between two requests shifts the list under ``offset``): pages are taken
   in order, so an order entering a list only repeats one (counted once); what leaving orders make
   a walk skip is handled across lists in :mod:`pipelines.feeds.incremental`.
+- A full walk reads ahead (:mod:`pipelines.sources.read_ahead`): once a full page is in, the next
+  ``concurrency`` pages are asked for at once, each overlapping the previous one by one order and
+  used only if it starts with that order, so concurrency loses nothing a walk in order would keep.
+  A walk with ``since`` reads one page at a time: it usually stops after its first small page.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from models.status import open_raw_statuses, terminal_raw_statuses
 from pipelines.sources.fetch import Emit
 from pipelines.sources.http import ApiClient, ApiError, AuthError
+from pipelines.sources.read_ahead import OffsetReadAhead
 from pipelines.sources.status_list import WalkOutcome
 from pipelines.page import Page
 
@@ -86,6 +91,7 @@ class OffsetStatusListing:
         limit: int = MAX_LIMIT,
         extra_params: dict[str, Any] | None = None,
         optional_statuses: tuple[str, ...] = (),
+        concurrency: int = 1,
     ) -> None:
         self.client = client
         self.path = path
@@ -98,6 +104,7 @@ class OffsetStatusListing:
         # Statuses the docs do not list (CPL ``cancelled``): if the API rejects the filter as
         # invalid (422), that list is treated as empty with a warning instead of failing the run.
         self.optional_statuses = optional_statuses
+        self.concurrency = max(1, concurrency)
 
     def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
         """Read one status list page by page. The API gives no total, so a page is trusted only
@@ -108,6 +115,33 @@ class OffsetStatusListing:
         which the walk takes and goes on from (a short non-empty page ends the list at once)."""
         outcome = WalkOutcome(status, complete=False)
         label = f"{self.label}:{status}"
+        limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
+        ahead = None
+        if since is None and self.concurrency > 1 and self.limit > 1:
+            ahead = OffsetReadAhead(
+                lambda at, size: self.client.get(
+                    self.path, params={**self.extra_params, "status": status, "offset": at, "limit": size}
+                ),
+                limit=self.limit,
+                depth=self.concurrency,
+                key=self.key,
+            )
+        try:
+            return self._walk(status, since, emit, outcome, label, limit, ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def _walk(
+        self,
+        status: str,
+        since: datetime | None,
+        emit: Emit[Page],
+        outcome: WalkOutcome,
+        label: str,
+        limit: int,
+        ahead: OffsetReadAhead | None,
+    ) -> WalkOutcome:
         offset = 0
         previous_keys: set = set()
         previous_oldest: datetime | None = None
@@ -115,20 +149,31 @@ class OffsetStatusListing:
         empty_checks = 0  # 1: the empty page was asked again; 2: read again from one order earlier
         hole_at: int | None = None  # the offset of a page that came back empty twice
         last_key = None  # the last order of the previous page
-        limit = min(PROBE_LIMIT, self.limit) if since is not None else self.limit
         while True:
-            params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
-            try:
-                response = self.client.get(self.path, params=params)
-            except ApiError as err:
-                if offset == 0 and status in self.optional_statuses and err.status_code == 422:
-                    outcome.complete = True
-                    outcome.warnings.append(
-                        f"{label}: the API rejected this status filter ({err.reason}); treated as an empty list"
-                    )
-                    return outcome
-                raise
-            records = response.data["data"]
+            response = None
+            if ahead is not None and hole_at is None and not empty_checks and not repeats and limit == self.limit:
+                response, records, why = ahead.next_page(offset, last_key)
+                if why:
+                    outcome.warnings.append(f"{label}: {why}; read on one page at a time from offset {offset}")
+                if response is not None:
+                    served = len(records) + 1  # the overlapping order counts towards a full page
+                    if not records:  # only the previous page's last order: the list ends there
+                        outcome.complete = not outcome.degraded
+                        return outcome
+            if response is None:
+                params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
+                try:
+                    response = self.client.get(self.path, params=params)
+                except ApiError as err:
+                    if offset == 0 and status in self.optional_statuses and err.status_code == 422:
+                        outcome.complete = True
+                        outcome.warnings.append(
+                            f"{label}: the API rejected this status filter ({err.reason}); treated as an empty list"
+                        )
+                        return outcome
+                    raise
+                records = response.data["data"]
+                served = len(records)
             keys = {r.get(self.key) for r in records if isinstance(r, dict)}
             if hole_at is not None:  # the read from one order before a page that stayed empty
                 first = records[0].get(self.key) if records and isinstance(records[0], dict) else None
@@ -168,7 +213,7 @@ class OffsetStatusListing:
                 outcome.warnings.append(f"{label}: page at offset {offset} came back empty once; read again")
                 empty_checks = 0
             emit(Page(response.content, len(records), listed_status=status, label=label))
-            if len(records) < limit:
+            if served < limit:
                 outcome.complete = not outcome.degraded
                 return outcome
             if since is not None:
@@ -200,7 +245,7 @@ def _newest_first(times: list[datetime | None], previous_oldest: datetime | None
 # of the feeds' table specs in pipelines/feeds/onlytraffic_marketer.py).
 
 
-def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
+def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT, concurrency: int = 1) -> OffsetStatusListing:
     return OffsetStatusListing(
         client,
         CPC_PATH,
@@ -208,10 +253,11 @@ def cpc_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListin
         terminal_statuses=terminal_raw_statuses("cpc"),
         label="cpc_orders",
         limit=limit,
+        concurrency=concurrency,
     )
 
 
-def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListing:
+def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT, concurrency: int = 1) -> OffsetStatusListing:
     return OffsetStatusListing(
         client,
         CPL_PATH,
@@ -219,5 +265,6 @@ def cpl_listing(client: ApiClient, limit: int = MAX_LIMIT) -> OffsetStatusListin
         terminal_statuses=terminal_raw_statuses("cpl"),
         label="cpl_orders",
         limit=limit,
+        concurrency=concurrency,
         optional_statuses=("cancelled",),
     )

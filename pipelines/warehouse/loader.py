@@ -517,8 +517,8 @@ class StreamLoad:
 
         # Records with a field of the wrong type: quarantined with the reason, never coerced.
         res.quarantined = con.execute(f"SELECT count(*) FROM {typed} WHERE _reason IS NOT NULL").fetchone()[0]
-        if res.quarantined:
-            merge_quarantine(
+        if res.quarantined:  # a record on two pages (read-ahead overlap, a list that moved) counts once
+            res.quarantined = merge_quarantine(
                 con,
                 spec.table,
                 f"SELECT row_hash, entity_id, _reason AS reason, raw FROM {typed} WHERE _reason IS NOT NULL",
