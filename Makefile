@@ -24,7 +24,7 @@ run: $(STAMP)
 ## on processes, HTTP and the sandbox's clock, so two workers fill two cores; TEST_WORKERS=0: one process)
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 ## make ui: the Dagster UI on this code location (sandbox-backed when no credentials are set)
 ui: $(STAMP)

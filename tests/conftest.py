@@ -175,6 +175,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.import_plugin("reliability_fixtures")
 
 
+# How `make test` shares the tests between its two workers (pytest-xdist, --dist loadgroup): a file
+# stays on one worker (its module fixtures are built once), except that the two files driving the
+# Dagster UI share one worker and one UI stack (tests/ui_stack.py, ~1.5 min to start), and the files
+# of long independent tests (each its own sandbox and processes) are shared out test by test.
+_UI_STACK_FILES = {"test_browser.py", "test_ui_backfill.py"}
+_TEST_BY_TEST_FILES = {"test_reliability_crash.py", "test_failure_isolation.py", "test_alerts_webhook.py",
+                       "test_cli.py", "test_status.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        if name in _UI_STACK_FILES:
+            group = "ui_stack"
+        elif name in _TEST_BY_TEST_FILES:
+            group = item.nodeid
+        else:
+            group = name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 _exit_status = 0
 
 
