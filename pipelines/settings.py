@@ -119,38 +119,6 @@ TimeZone = Annotated[str, BeforeValidator(_timezone)]
 Status = Annotated[str, BeforeValidator(_running)]
 Positive = Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))]
 
-# WAREHOUSE_MEMORY_LIMIT's default: a share of the machine's memory, bounded both ways.
-MEMORY_SHARE = 8  # 1/8 of physical memory (or of the container's limit, when lower)
-MEMORY_FLOOR_MB = 160  # what the large preset needs to complete (bench/README.md)
-MEMORY_CAP_MB = 384  # each feed step running at once has its own instance (medium: 512MB peaked at 962-994 MB)
-
-
-def machine_memory_bytes() -> int:
-    """Physical memory, or the cgroup's memory limit when that is lower (0 when unknown)."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        total = 0
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and 0 < int(text) < (total or int(text) + 1):
-            total = int(text)
-        break
-    return total
-
-
-def memory_limit_default(total_bytes: int | None = None) -> str:
-    """1/:data:`MEMORY_SHARE` of ``total_bytes`` (the machine's memory) as a DuckDB memory limit,
-    between :data:`MEMORY_FLOOR_MB` and :data:`MEMORY_CAP_MB`. Why a share: bulk statements spill
-    less with more memory (1 GB made swap + CPC 0.70x the time of 160 MB), but every DuckDB
-    instance a sync opens (one per feed step running at once) takes up to this much."""
-    total = machine_memory_bytes() if total_bytes is None else total_bytes
-    return f"{min(MEMORY_CAP_MB, max(MEMORY_FLOOR_MB, total // MEMORY_SHARE // 2**20))}MB"
-
-
 CONNECTION = "connection"  # the README's first table: where to read and write, credentials
 TUNING = "tuning"  # the README's second table: all optional
 OPERATIONS = "operations"  # the README's third table: schedules, sensors, freshness (read when definitions load)
@@ -165,12 +133,10 @@ def setting(
     secret: bool = False,
     credential_of: str | None = None,
     unset: str = "none",
-    shown: str | None = None,
 ) -> Any:
     """A field of :class:`Settings`: ``variable`` is its environment variable, ``unset`` what the
-    README says when it has no default, ``shown`` what it says for a default that depends on the
-    machine, ``credential_of`` the source it is a credential of."""
-    extra = {"group": group, "secret": secret, "credential_of": credential_of, "unset": unset, "shown": shown}
+    README says when it has no default, ``credential_of`` the source it is a credential of."""
+    extra = {"group": group, "secret": secret, "credential_of": credential_of, "unset": unset}
     return Field(default=default, alias=variable, description=meaning, json_schema_extra=extra)
 
 
@@ -302,13 +268,12 @@ class Settings(BaseModel):
         "wait before retrying a failed alert delivery (doubles per failure, with jitter, max 1 h)", group=TUNING,
     )
     warehouse_memory_limit: str = setting(
-        "WAREHOUSE_MEMORY_LIMIT", memory_limit_default(),
+        "WAREHOUSE_MEMORY_LIMIT", "160MB",
         "DuckDB memory limit of each DuckDB instance a sync opens (one per feed step running at once, see "
         "*Each feed is its own step*; "
         "beyond it DuckDB spills to `.staging/` next to the warehouse; raise it if a very large first sync "
         'reports "Out of Memory")',
         group=TUNING,
-        shown=f"1/{MEMORY_SHARE} of the machine's memory, at least `{MEMORY_FLOOR_MB}MB`, at most `{MEMORY_CAP_MB}MB`",
     )
     dagster_home: str = setting(
         "DAGSTER_HOME", ".dagster_home",
@@ -495,8 +460,6 @@ def any_credentials_set() -> bool:
 
 def _default_text(name: str) -> str:
     default = FIELDS[name].default
-    if _extra(name).get("shown"):
-        return _extra(name)["shown"]
     if default is None:
         return _extra(name)["unset"]
     if isinstance(default, str):

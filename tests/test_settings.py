@@ -36,27 +36,10 @@ def test_the_readme_lists_exactly_the_models_variables_with_their_defaults():
     assert list(rows) == list(settings.VARIABLES)
     for name, shown in rows.items():
         default = settings.FIELDS[name].default
-        machine_dependent = (settings.FIELDS[name].json_schema_extra or {}).get("shown")
-        if machine_dependent:  # a default computed from the machine: the README says how
-            assert shown == machine_dependent, name
-        elif default is None:
+        if default is None:
             assert not re.search(r"\d", shown) and "`" not in shown, f"{name}: {shown} but no default"
         else:
             assert shown.strip("`") == (default if isinstance(default, str) else f"{default:g}"), name
-
-
-def test_the_memory_limit_default_is_a_bounded_share_of_the_machines_memory():
-    """1/8 of the memory, never below what the large preset needs, never above what two lanes of
-    DuckDB instances may take; the variable still wins."""
-    gib = 2**30
-    assert settings.memory_limit_default(2 * gib) == "256MB"  # a 2 GB machine
-    assert settings.memory_limit_default(gib) == "160MB"  # the floor
-    assert settings.memory_limit_default(64 * gib) == "384MB"  # the cap
-    assert settings.memory_limit_default(0) == "160MB"  # memory unknown
-    assert settings.DEFAULTS["WAREHOUSE_MEMORY_LIMIT"] == settings.memory_limit_default()
-    expected = min(384, max(160, settings.machine_memory_bytes() // 8 // 2**20))
-    assert settings.value("WAREHOUSE_MEMORY_LIMIT", {}) == f"{expected}MB"
-    assert settings.value("WAREHOUSE_MEMORY_LIMIT", {"WAREHOUSE_MEMORY_LIMIT": "1GB"}) == "1GB"
 
 
 def test_the_readme_tables_are_the_generated_ones():
