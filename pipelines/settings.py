@@ -221,7 +221,7 @@ class Settings(BaseModel):
     )
     metapic_rate_limit: Annotated[int, BeforeValidator(_number(1, whole=True))] = setting(
         "METAPIC_RATE_LIMIT", 300,
-        "Metapic requests per window, shared by every client of a process (documented: 300)", group=TUNING,
+        "Metapic requests per window, shared by every process of this machine using the same account (documented: 300)", group=TUNING,
     )
     metapic_rate_window_seconds: Annotated[float, BeforeValidator(_number(0, whole=False, exclusive=True))] = setting(
         "METAPIC_RATE_WINDOW_SECONDS", 60.0, "the window of `METAPIC_RATE_LIMIT`, in seconds", group=TUNING
