@@ -7,20 +7,11 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from marketer_pages import served_in_a_full_walk
 
 from models.status import STATUS_MAPPINGS
 
 CPC_ROUTE = "marketer/cpc/orders"
-
-
-def served_in_a_full_walk(orders: int, limit: int = 50) -> int:
-    """Records the API serves for a full walk of a list of ``orders`` at page size ``limit``: each
-    page after the first is read ahead from the previous page's last order (one order overlap,
-    pipelines/sources/read_ahead.py), so every page read ahead that is not empty serves one more."""
-    if orders < limit:
-        return orders
-    read_ahead = -(-(orders - (limit - 1)) // (limit - 1))  # pages from offsets 49, 98, ... below orders
-    return orders + read_ahead
 
 
 def cpc_truth(world) -> dict[str, dict]:
