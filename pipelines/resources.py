@@ -102,7 +102,12 @@ class ApiResource(dg.ConfigurableResource):
             name=self.source_name,
             base_url=self.base_url,
             headers=headers,
-            secrets=[v for v in self.credentials().values() if v],
+            # only the secret ones: a user id (Metapic's, sent as created_by) is no secret, and
+            # redacting its few digits would mangle any text holding them (a port, an order id)
+            secrets=[
+                v for var, v in zip(self.credential_vars, self.credentials().values(), strict=True)
+                if v and var in settings.SECRET_VARIABLES
+            ],
             credential_vars=self.credential_vars,
             envelope=envelope,
             retry=retry_policy_from_env(),

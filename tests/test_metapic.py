@@ -493,3 +493,21 @@ def test_daily_stats_skip_offers_already_deleted_or_ended_before_the_day(mworld)
     requested = {o.id for o in campaigns(mworld).offers if requests_for(mworld, o.id, "participants-stats")}
     known = {o.id for o in campaigns(mworld).offers if o.created <= mworld.sandbox.world.anchor}
     assert requested == (set(live_on(mworld, day)) & known) - {o.id for o in deleted}
+
+
+def test_an_error_names_the_endpoint_whole_when_the_user_id_is_part_of_it(mworld):
+    """Only secret credentials are redacted: the user id (sent as ``created_by``) is no secret, and
+    hiding its digits would mangle the endpoint an error names wherever they recur (here the port;
+    it once made a failure message read ``http://127.0.0.1:***1/...``). The token stays hidden."""
+    from pipelines.defs.metapic.resources import MetapicResource
+
+    env = mworld.sandbox.env()
+    port = env["METAPIC_BASE_URL"].split(":")[2].split("/")[0]
+    token = "wrong-token-" + port
+    client = MetapicResource(base_url=env["METAPIC_BASE_URL"], access_token=token, user_id=port,
+                             max_concurrency=1).client()
+    with pytest.raises(AuthError) as failed:
+        client.get("/v2/offers", params={"created_by": port})
+    message = str(failed.value)
+    assert f"{env['METAPIC_BASE_URL']}/v2/offers" in message, message
+    assert token not in message
