@@ -102,8 +102,8 @@ class ApiResource(dg.ConfigurableResource):
             name=self.source_name,
             base_url=self.base_url,
             headers=headers,
-            # only the secret ones: a user id (Metapic's, sent as created_by) is no secret, and
-            # redacting its few digits would mangle any text holding them (a port, an order id)
+            # only the secret ones: a user id is no secret, and redacting its few digits would
+            # mangle any text holding them (a port, an order id)
             secrets=[
                 v for var, v in zip(self.credential_vars, self.credentials().values(), strict=True)
                 if v and var in settings.SECRET_VARIABLES
