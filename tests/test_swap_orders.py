@@ -382,3 +382,49 @@ def test_a_value_the_api_would_reject_gets_a_422_error_envelope_never_a_500(swap
     assert response.status_code == 422
     body = response.json()
     assert body["success"] is False and body["error"]["code"] == "validation_error"
+
+
+# Orders whose sides hit every branch of the side-record SQL: a null, missing or non-object side,
+# an empty side, a side that already holds "order_id"/"side"/"order_status" (at its top or deeper),
+# order ids and statuses of every JSON type, strings that need escaping, numbers JSON rewrites.
+_ODD_ORDERS = [
+    (None, {"order_id": 5, "offer_side": None, "order_side": [1]}),
+    ("active", {"order_id": "x", "status": "done", "offer_side": {"a": 1, "order_id": 9}}),
+    (None, {"offer_side": {"b": 2}}),
+    ('x"y', {"order_id": None, "offer_side": {}, "order_side": {"side": "q", "z": "é\n"}}),
+    (None, {"order_id": 1.50, "status": 'a"b', "offer_side": {"n": {"order_id": 1}}}),
+    ("l", {"order_id": {"k": [1, 2]}, "status": 7, "offer_side": {"x": 1e5}, "order_side": "str"}),
+    ("l", {"order_id": "q", "status": True, "offer_side": {"x": "é\t"}, "order_side": {"order_status": 1}}),
+    ("l", {"order_id": "r", "status": None, "offer_side": {"x": 1, "y": None}}),
+    ("l", {"order_id": "s", "status": {"a": 1}, "offer_side": {"x": [], "y": {}}, "order_side": {}}),
+]
+
+
+def test_side_records_are_byte_for_byte_what_json_merge_patch_writes():
+    """The side records (their text is each side row's ``raw`` and row hash) are built by appending
+    to the side's text; json_merge_patch, which they replaced, is the reference: any byte of
+    difference would rewrite every side row on the first sync after an upgrade."""
+    import json
+
+    import duckdb
+
+    from pipelines.feeds.onlytraffic_studio import _SIDE_RECORDS_SQL
+
+    reference = " UNION ALL ".join(
+        f"""SELECT seq, pos * 2 + {i} AS pos, listed_status,
+               json_merge_patch(json_extract(rec, '$.{side}_side'),
+                   json_object('order_id', json_extract(rec, '$.order_id'), 'side', '{side}',
+                               'order_status', coalesce(json_extract_string(rec, '$.status'), listed_status))) AS rec
+            FROM recs WHERE json_type(rec, '$.{side}_side') = 'OBJECT'"""
+        for i, side in enumerate(("offer", "order"))
+    )
+    with duckdb.connect() as con:
+        con.execute("CREATE TABLE recs (seq BIGINT, pos BIGINT, listed_status VARCHAR, rec JSON)")
+        con.executemany(
+            "INSERT INTO recs VALUES (1, ?, ?, ?)",
+            [(pos, listed, json.dumps(order, ensure_ascii=False)) for pos, (listed, order) in enumerate(_ODD_ORDERS)],
+        )
+        expected = con.execute(f"SELECT pos, CAST(rec AS VARCHAR) FROM ({reference}) ORDER BY pos").fetchall()
+        built = con.execute(f"SELECT pos, CAST(rec AS VARCHAR) FROM ({_SIDE_RECORDS_SQL}) ORDER BY pos").fetchall()
+    assert len(expected) == 11
+    assert built == expected
