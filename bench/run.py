@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from bench import floor, report
 from bench.sandbox_process import PROJECT_ROOT, BenchSandbox
 from bench.sandbox_server import DEFAULT_ANCHOR, REGISTER_FILE
 from bench.streams import by_stream
+from bench.memory_cap import MemoryCap, parse_size
 from bench.sync_runner import SyncRunner
 from pipelines.sandbox.world import SCALES
 
@@ -67,6 +69,13 @@ def max_in_window(times: list[float], window: float = 60.0) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def capped(phase: dict[str, Any]) -> str:
+    """What the kernel saw of a sync run under ``--memory-cap`` (empty without one)."""
+    if phase.get("memory_cap_mb") is None:
+        return ""
+    return f"; cgroup peak {phase['cgroup_peak_mb']} MB of {phase['memory_cap_mb']:.0f}, OOM kills {phase['oom_kills']}"
 
 
 def measured_phase(sandbox: BenchSandbox, runner: SyncRunner) -> tuple[dict[str, Any], list[dict]]:
@@ -132,7 +141,7 @@ def real_world_phase(sandbox: BenchSandbox, runner: SyncRunner, engine_floor: di
 
 
 def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: Path, keep: bool,
-                   real_world: int = 1) -> dict[str, Any]:
+                   real_world: int = 1, memory_cap: MemoryCap | None = None) -> dict[str, Any]:
     say(f"{name}: generating the world and starting the sandbox")
     root = workroot / name
     extra_env = {var: str(concurrency) for var in CONCURRENCY_VARS} if concurrency else {}
@@ -159,15 +168,15 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
         env = {**sandbox.env, "CPAMOE_LEADS_DIR": str(sandbox.leads_dir)}
         runners = []
         for i in range(repeats):
-            runner = SyncRunner(root / f"repeat{i + 1}", env, extra_env)
+            runner = SyncRunner(root / f"repeat{i + 1}", env, extra_env, memory_cap)
             runners.append(runner)
             tag = f"{name} {i + 1}/{repeats}"
             full, requests = measured_phase(sandbox, runner)
             say(f"{tag}: full sync {full['wall_s']:.1f}s, {full['requests']:,} requests, {full['records']:,} records, "
-                f"peak RSS {full['peak_rss_mb']:.0f} MB, exit {full['exit_code']}")
+                f"peak RSS {full['peak_rss_mb']:.0f} MB, exit {full['exit_code']}{capped(full)}")
             no_change, _ = measured_phase(sandbox, runner)
             say(f"{tag}: no-change sync {no_change['wall_s']:.1f}s, {no_change['requests']:,} requests, "
-                f"{no_change['rows_written']:,} rows written")
+                f"{no_change['rows_written']:,} rows written{capped(no_change)}")
             try:
                 fl = measured_floor(sandbox, requests, root / f"floor{i + 1}", floor_concurrency)
             except Exception as exc:  # noqa: BLE001 - keep the sync figures; the ratio is then absent
@@ -176,7 +185,7 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
             say(f"{tag}: floor fetch {fl['fetch_s']:.1f}s + load {fl['load_s']:.1f}s ({fl['requests']:,} requests)")
             preset["repeats"].append({"full": full, "no_change": no_change, "floor": fl})
         for i in range(real_world):
-            rw_runner = SyncRunner(root / f"realworld{i + 1}", env, real_env)
+            rw_runner = SyncRunner(root / f"realworld{i + 1}", env, real_env, memory_cap)
             preset["real_world"].append(real_world_phase(
                 sandbox, rw_runner, preset["repeats"][i % repeats]["floor"], root / f"rwfloor{i + 1}",
                 floor_concurrency, f"{name} real world {i + 1}/{real_world}"))
@@ -189,7 +198,7 @@ def measure_preset(name: str, repeats: int, concurrency: int | None, workroot: P
         for i, runner in enumerate(runners):
             after, _ = measured_phase(sandbox, runner)
             say(f"{name} {i + 1}/{repeats}: after +1 day {after['wall_s']:.1f}s, {after['requests']:,} requests, "
-                f"{after['rows_written']:,} rows written")
+                f"{after['rows_written']:,} rows written{capped(after)}")
             preset["after_day"].append(after)
             preset.setdefault("warehouse_mb", []).append(round(runner.warehouse.stat().st_size / 2**20, 1)
                                                           if runner.warehouse.exists() else None)
@@ -221,6 +230,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: the sync's own default, 4)")
     parser.add_argument("--real-world", type=int, default=1,
                         help="real-world phases per preset (Metapic at its documented 300/min; default 1, 0: none)")
+    parser.add_argument("--memory-cap", type=parse_size,
+                        help="run every sync in a memory cgroup of this size with no swap (e.g. 2GB: a 2 GB-RAM "
+                        "machine; bench/memory_cap.py; needs a writable cgroup memory controller)")
     parser.add_argument("--workdir", help="where warehouses and sandbox files go (default: a temp dir, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (warehouses, logs)")
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -257,10 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     tables = []
     error: BaseException | None = None
+    cleanup = ExitStack()
+    cap = cleanup.enter_context(MemoryCap(args.memory_cap)) if args.memory_cap else None
+    if cap:
+        run["settings"]["memory_cap_mb"] = round(args.memory_cap / 2**20, 1)
     try:
         for name in args.names:
             repeats = args.repeat or DEFAULT_REPEATS.get(name, 3)
-            preset = measure_preset(name, repeats, args.concurrency, workroot, args.keep, args.real_world)
+            preset = measure_preset(name, repeats, args.concurrency, workroot, args.keep, args.real_world, cap)
             medium_rss = None
             if "medium" in run["presets"]:
                 medium_rss = run["presets"]["medium"]["summary"]["full"]["peak_rss_mb"]
@@ -277,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         error = exc
         run["error"] = f"{type(exc).__name__}: {exc}"
     finally:
+        cleanup.close()
         if not args.keep and not args.workdir:
             shutil.rmtree(workroot, ignore_errors=True)
     run["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

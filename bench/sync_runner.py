@@ -26,6 +26,8 @@ from typing import Any
 
 import duckdb
 
+from bench.memory_cap import MemoryCap
+
 SOURCE_PREFIXES = ("ONLYTRAFFIC_", "CPAMOE_", "METAPIC_")
 
 
@@ -41,6 +43,9 @@ class SyncMeasurement:
     peak_rss_main_mb: float | None = None  # VmHWM of the ``affwh run`` process alone
     log_tail: str = ""
     stream_seconds: float = 0.0  # wall time while at least one stream ran (feeds overlap in lanes)
+    memory_cap_mb: float | None = None  # the cgroup limit the sync ran under (--memory-cap)
+    cgroup_peak_mb: float | None = None  # that cgroup's peak: what the kernel counted
+    oom_kills: int | None = None  # processes of the sync the kernel killed for want of memory
 
     @property
     def records(self) -> int:
@@ -57,6 +62,8 @@ class SyncMeasurement:
             "peak_rss_outside_streams_mb": self.peak_rss_outside_streams_mb,
             "peak_rss_main_mb": self.peak_rss_main_mb,
             "exit_code": self.exit_code,
+            **({"memory_cap_mb": self.memory_cap_mb, "cgroup_peak_mb": self.cgroup_peak_mb, "oom_kills": self.oom_kills}
+               if self.memory_cap_mb is not None else {}),
             "run_id": self.run_id,
             "records": self.records,
             "rows_written": self.rows_written,
@@ -164,10 +171,12 @@ class RssSampler:
 class SyncRunner:
     """One warehouse (and Dagster home) in ``workdir``, synced against the given sandbox env."""
 
-    def __init__(self, workdir: Path, sandbox_env: dict[str, str], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, sandbox_env: dict[str, str], extra_env: dict[str, str] | None = None,
+                 memory_cap: MemoryCap | None = None) -> None:
         self.workdir = workdir
         self.sandbox_env = sandbox_env
         self.extra_env = extra_env or {}
+        self.memory_cap = memory_cap  # every sync runs inside this cgroup (bench/memory_cap.py)
         self.warehouse = workdir / "warehouse.duckdb"
         self.runs = 0
 
@@ -195,11 +204,16 @@ class SyncRunner:
         self.runs += 1
         log_path = self.workdir / f"sync-{self.runs}.log"
         history_before = self._history_rows()
+        cap = self.memory_cap
+        kills_before = cap.oom_kills() if cap else 0
+        if cap:
+            cap.reset_peak()
         with log_path.open("w") as log:
             started = time.monotonic()
             # cwd: the work dir, so no stray .env of the project root is read
             proc = subprocess.Popen(
-                self.command(), cwd=self.workdir, env=self.environment(now), stdout=log, stderr=subprocess.STDOUT
+                self.command(), cwd=self.workdir, env=self.environment(now), stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=cap.join if cap else None,
             )
             with RssSampler(proc.pid, every=0.1) as rss:
                 _, status, usage = os.wait4(proc.pid, 0)
@@ -214,6 +228,10 @@ class SyncRunner:
             run_id=None,
             peak_rss_main_mb=round(main_peak, 1),
         )
+        if cap:
+            measurement.memory_cap_mb = round(cap.limit_bytes / 2**20, 1)
+            measurement.cgroup_peak_mb = cap.peak_mb()
+            measurement.oom_kills = cap.oom_kills() - kills_before
         if proc.returncode != 0:
             measurement.log_tail = log_path.read_text(errors="replace")[-3000:]
         measurement.run_id, measurement.streams = self._last_run()
