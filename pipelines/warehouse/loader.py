@@ -223,15 +223,14 @@ class StreamLoad:
         # In memory, spilling to this run's own folder beyond memory_limit: no file to create,
         # write and checkpoint for data that lives only until the commit.
         self.con = duckdb.connect(":memory:")
-        configure(self.con, self.warehouse.memory_limit, self._commit_threads())
+        # Chunks are typed on one thread (see TYPING_THREADS), the commit on every core.
+        configure(self.con, self.warehouse.memory_limit, TYPING_THREADS)
         self.con.execute(f"SET temp_directory = '{self._dir / 'spill'}'")
         # No checkpoints of the staging database: DuckDB would otherwise re-compress its growing
         # in-memory tables every time their new data passes the threshold (16 MB), a pause that
         # grows with the table (seconds each on 200,000 swap orders) for data that lives only
         # until the commit. Beyond memory_limit it still spills to the run's folder.
         self.con.execute("SET checkpoint_threshold = '1000TB'")
-        # Chunks are typed on one thread (see TYPING_THREADS), the commit on every core.
-        self.con.execute(f"SET threads = {TYPING_THREADS}")
         enum_values = ", ".join(f"'{v}'" for v in LIFECYCLE_STATUSES)
         self.con.execute(f"CREATE TYPE lifecycle_status AS ENUM ({enum_values})")
         self.con.execute(
@@ -474,7 +473,8 @@ class StreamLoad:
         self.flush()
         assert self.con is not None
         con = self.con
-        con.execute(f"SET threads = {self._commit_threads()}")  # set-based work over the whole run
+        # set-based work over the whole run: every core
+        con.execute(f"SET threads = {max(self.warehouse.threads, os.cpu_count() or 1)}")
         for spec in self.specs:
             if "typed_" + spec.table not in self._typed:
                 # typed at commit: a spec over a table the feed derives at the end, or nothing
@@ -511,9 +511,6 @@ class StreamLoad:
             exc.add_note(f"in commit step {step.name!r} of stream {self.stream}")
             raise
         return outcome if outcome is not None else StepResult()
-
-    def _commit_threads(self) -> int:
-        return max(self.warehouse.threads, os.cpu_count() or 1)
 
     def _observation_time(self) -> datetime:
         """Now, but never before the last committed sync (keeps history intervals ordered)."""
