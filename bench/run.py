@@ -41,10 +41,10 @@ from typing import Any
 import duckdb
 
 from bench import floor, report
+from bench.memory_cap import MemoryCap, parse_size
 from bench.sandbox_process import PROJECT_ROOT, BenchSandbox
 from bench.sandbox_server import DEFAULT_ANCHOR, REGISTER_FILE
 from bench.streams import by_stream
-from bench.memory_cap import MemoryCap, parse_size
 from bench.sync_runner import SyncRunner
 from pipelines.sandbox.world import SCALES
 
