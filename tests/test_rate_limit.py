@@ -80,3 +80,27 @@ def test_the_window_file_names_no_secret():
     limiter.acquire()
     assert secret not in str(limiter.state_path)
     assert secret.encode() not in limiter.state_path.read_bytes()
+
+
+def test_window_files_nobody_wrote_for_a_week_are_removed(tmp_path, monkeypatch) -> None:
+    """Every account a process limits leaves a small file; a week-old one holds no start that
+    still counts, so the first limiter a process makes removes such files and keeps the others."""
+    import os
+    import tempfile
+
+    from pipelines.sources import rate_limit
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(RateLimiter, "_shared", {})
+    folder = rate_limit.state_folder()
+    folder.mkdir()
+    old, recent = folder / "old.window", folder / "recent.window"
+    old.write_bytes(b"x")
+    recent.write_bytes(b"x")
+    week_and_a_day_ago = time.time() - rate_limit.STALE_AFTER_SECONDS - 86400
+    os.utime(old, (week_and_a_day_ago, week_and_a_day_ago))
+    limiter = RateLimiter.shared(("http://127.0.0.1:1/metapic", uuid.uuid4().hex), 5, 1.0)
+    limiter.acquire()
+    assert not old.exists()
+    assert recent.exists()
+    assert limiter.state_path is not None and limiter.state_path.exists()

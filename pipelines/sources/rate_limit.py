@@ -28,11 +28,31 @@ from pathlib import Path
 
 _HEADER = struct.Struct("<qd")  # next slot, paused until (epoch seconds)
 _SLOT = struct.Struct("<d")
+# A window file nobody has written for this long holds no start that could still count (every
+# acquire writes it), so it is removed: test runs and sandboxes leave one per account they saw.
+STALE_AFTER_SECONDS = 7 * 24 * 3600
 
 
 def state_folder() -> Path:
     """Where the windows live: the machine's temp folder, one folder per user."""
     return Path(tempfile.gettempdir()) / f"affwh-rate-limits-{os.getuid()}"
+
+
+def remove_stale_windows(older_than: float) -> int:
+    """Remove the window files not written for ``older_than`` seconds; how many went."""
+    cutoff, removed = time.time() - older_than, 0
+    try:
+        paths = list(state_folder().glob("*.window"))
+    except OSError:
+        return 0
+    for path in paths:
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # another process removed it first
+    return removed
 
 
 class RateLimiter:
@@ -51,6 +71,8 @@ class RateLimiter:
         key = (*account, max_calls, period)
         with cls._shared_lock:
             if key not in cls._shared:
+                if not cls._shared:
+                    remove_stale_windows(max(period, STALE_AFTER_SECONDS))
                 digest = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
                 cls._shared[key] = cls(max_calls, period, state_folder() / f"{digest}.window")
             return cls._shared[key]
