@@ -6,16 +6,19 @@ truth compared here is the sandbox's internal status, which it never serves.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
 import dagster as dg
+import duckdb
 import httpx
 import pytest
 
 from models.onlytraffic import SWAP_COUNT_BLOCKS
 from models.status import STATUS_MAPPINGS
+from pipelines.feeds.onlytraffic_studio import _SIDE_RECORDS_SQL
 from dagster_results import materializations
 
 ROUTE = "studio/swaps/orders"
@@ -404,12 +407,6 @@ def test_side_records_are_byte_for_byte_what_json_merge_patch_writes():
     """The side records (their text is each side row's ``raw`` and row hash) are built by appending
     to the side's text; json_merge_patch, which they replaced, is the reference: any byte of
     difference would rewrite every side row on the first sync after an upgrade."""
-    import json
-
-    import duckdb
-
-    from pipelines.feeds.onlytraffic_studio import _SIDE_RECORDS_SQL
-
     reference = " UNION ALL ".join(
         f"""SELECT seq, pos * 2 + {i} AS pos, listed_status,
                json_merge_patch(json_extract(rec, '$.{side}_side'),
