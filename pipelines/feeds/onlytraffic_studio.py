@@ -76,10 +76,11 @@ def _side_record_sql(side: str) -> str:
     return f"CASE WHEN {may_hold} THEN {merged} ELSE CAST({appended} AS JSON) END"
 
 
-_SIDE_RECORDS_SQL = " UNION ALL ".join(
+# Both sides read one materialized parse of the orders (inlined, each side would parse them again).
+_SIDE_RECORDS_SQL = f"WITH orders AS MATERIALIZED ({_ORDER_PARTS})" + " UNION ALL ".join(
     f"""
     SELECT seq, pos * 2 + {i} AS pos, listed_status, {_side_record_sql(side)} AS rec
-    FROM ({_ORDER_PARTS})
+    FROM orders
     WHERE starts_with(o.{side}_side, '{{')
     """
     for i, side in enumerate(("offer", "order"))
