@@ -184,6 +184,10 @@ _TEST_BY_TEST_FILES = {"test_reliability_crash.py", "test_failure_isolation.py",
                        "test_cli.py", "test_status.py"}
 
 
+# tryfirst: pytest-xdist's own hook of this name turns each item's `xdist_group` mark into the `@group`
+# suffix of its node id, which is what --dist loadgroup reads, so the marks must be there before it runs.
+# tests/test_suite_grouping.py holds the installed pytest + xdist to honouring the groups.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         name = item.path.name
