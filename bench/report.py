@@ -43,7 +43,8 @@ def summarize(preset: dict[str, Any]) -> dict[str, Any]:
         return {
             key: median([i.get(key) for i in items])
             for key in ("wall_s", "peak_rss_mb", "requests", "records", "rows_written", "history_rows_added",
-                        "stream_seconds", "metapic_max_per_60s", "metapic_refused", "non_200_responses", "peak_rss_outside_streams_mb")
+                        "stream_seconds", "metapic_max_per_60s", "metapic_refused", "non_200_responses", "peak_rss_outside_streams_mb",
+                        "peak_pss_mb")
         }
 
     full = phase([r["full"] for r in reps])
@@ -170,6 +171,9 @@ def targets(name: str, summary: dict[str, Any], medium_rss: float | None) -> lis
             "(stricter: the floor's Metapic beside its other streams)", None)
     rss = summary["full"]["peak_rss_mb"]
     add("peak RSS of the full sync, MB", _r(rss, 0), f"< {RSS_LIMIT_MB:.0f} (process tree)", None if rss is None else rss < RSS_LIMIT_MB)
+    pss = summary["full"].get("peak_pss_mb")
+    if pss:
+        add("peak PSS of the full sync, MB", _r(pss, 0), "(process tree, shared pages counted once)", None)
     worst_rss = max((summary[p]["peak_rss_mb"] or 0) for p in ("full", "no_change", "after_day"))
     add("peak RSS of any sync (worst phase), MB", _r(worst_rss, 0), f"< {RSS_LIMIT_MB:.0f}", worst_rss < RSS_LIMIT_MB)
     if medium_rss and name != "medium" and rss:

@@ -41,6 +41,7 @@ class SyncMeasurement:
     history_rows_added: int = 0
     peak_rss_outside_streams_mb: float | None = None
     peak_rss_main_mb: float | None = None  # VmHWM of the ``affwh run`` process alone
+    peak_pss_mb: float | None = None  # the tree's peak PSS: pages shared with the fork server once
     log_tail: str = ""
     stream_seconds: float = 0.0  # wall time while at least one stream ran (feeds overlap in lanes)
     memory_cap_mb: float | None = None  # the cgroup limit the sync ran under (--memory-cap)
@@ -61,6 +62,7 @@ class SyncMeasurement:
             "peak_rss_mb": round(self.peak_rss_mb, 1),
             "peak_rss_outside_streams_mb": self.peak_rss_outside_streams_mb,
             "peak_rss_main_mb": self.peak_rss_main_mb,
+            "peak_pss_mb": self.peak_pss_mb,
             "exit_code": self.exit_code,
             **({"memory_cap_mb": self.memory_cap_mb, "cgroup_peak_mb": self.cgroup_peak_mb, "oom_kills": self.oom_kills}
                if self.memory_cap_mb is not None else {}),
@@ -103,6 +105,22 @@ def tree_rss_mb(proc: Any) -> float:
     return total / 2**20
 
 
+def tree_pss_mb(proc: Any) -> float:
+    """PSS of ``proc`` and every descendant, summed: each page counted once over the tree (a page
+    shared by n processes adds 1/n to each). The steps are forked from a server holding the
+    preloaded definitions, so summed RSS counts those shared pages once per process; summed PSS
+    is what the processes hold together."""
+    import psutil
+
+    total = 0
+    for member in (proc, *proc.children(recursive=True)):
+        try:
+            total += member.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, AttributeError):
+            continue  # exited between listing and reading (AttributeError: no PSS on this OS)
+    return total / 2**20
+
+
 class RssSampler:
     """Samples the RSS of the sync's whole process tree a few times a second (psutil: the process
     and its descendants, summed), so the peak is what the machine held at once and can be
@@ -111,6 +129,7 @@ class RssSampler:
 
     def __init__(self, pid: int, every: float = 0.2) -> None:
         self.samples: list[tuple[float, float]] = []  # (unix time, MB summed over the tree)
+        self.pss_samples: list[tuple[float, float]] = []  # (unix time, PSS MB summed over the tree)
         self.high_water_mb: float | None = None  # VmHWM: the main process's own peak since exec
         self._status = Path(f"/proc/{pid}/status")
         self._stop = threading.Event()
@@ -136,6 +155,11 @@ class RssSampler:
         """The largest sampled sum over the process tree."""
         return round(max(mb for _, mb in self.samples), 1) if self.samples else None
 
+    @property
+    def tree_peak_pss_mb(self) -> float | None:
+        """The largest sampled PSS sum over the process tree (shared pages counted once)."""
+        return round(max(mb for _, mb in self.pss_samples), 1) if self.pss_samples else None
+
     def _run(self, every: float) -> None:
         while True:
             self._read_high_water()
@@ -143,7 +167,9 @@ class RssSampler:
                 try:
                     if not self._proc.is_running() or self._proc.status() == "zombie":
                         raise ProcessLookupError
-                    self.samples.append((time.time(), tree_rss_mb(self._proc)))
+                    now = time.time()
+                    self.samples.append((now, tree_rss_mb(self._proc)))
+                    self.pss_samples.append((now, tree_pss_mb(self._proc)))
                 except Exception:  # noqa: BLE001 - the process exited
                     self._proc = None
             if self._stop.wait(every):
@@ -227,6 +253,7 @@ class SyncRunner:
             exit_code=proc.returncode,
             run_id=None,
             peak_rss_main_mb=round(main_peak, 1),
+            peak_pss_mb=rss.tree_peak_pss_mb,
         )
         if cap:
             measurement.memory_cap_mb = round(cap.limit_bytes / 2**20, 1)

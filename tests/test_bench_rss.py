@@ -2,7 +2,9 @@
 of their own, so the CLI process's figure alone misses most of what the machine holds.
 
 Real processes: a parent that holds little starts a child that holds ~150 MB; the sampler must
-see the child's memory, and the parent's own high-water mark must not.
+see the child's memory, and the parent's own high-water mark must not. And a parent holding
+~150 MB that forks a child (as the fork server forks each step): summed RSS counts the shared
+pages twice, summed PSS once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 
 import psutil
 
-from bench.sync_runner import RssSampler, tree_rss_mb
+from bench.sync_runner import RssSampler, tree_pss_mb, tree_rss_mb
 
 CHILD = "import time; block = bytearray(150 * 2**20); print('ready', flush=True); time.sleep(60)"
 PARENT = (
@@ -43,3 +45,28 @@ def test_peak_rss_sums_the_process_tree() -> None:
     assert rss.high_water_mb is not None and rss.high_water_mb < 100
     # samples end once the process is gone: no sample after it exited counts
     assert rss.samples and all(mb > 0 for _, mb in rss.samples)
+
+
+FORKING_PARENT = (
+    "import os, time; block = bytearray(150 * 2**20); pid = os.fork(); "
+    "print('ready', flush=True) if pid else None; time.sleep(60 if pid == 0 else 2); "
+    "os.kill(pid, 9) if pid else None; os.waitpid(pid, 0) if pid else None"
+)
+
+
+def test_pss_counts_the_pages_a_forked_child_shares_once() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        with RssSampler(proc.pid, every=0.05) as rss:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(0.2)
+            root = psutil.Process(proc.pid)
+            rss_sum, pss_sum = tree_rss_mb(root), tree_pss_mb(root)
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rss_sum >= 290  # the 150 MB block, in the parent's RSS and again in the child's
+    assert 140 <= pss_sum <= rss_sum - 120  # in PSS, once
+    assert rss.tree_peak_pss_mb is not None and 140 <= rss.tree_peak_pss_mb <= rss.tree_peak_mb - 120
