@@ -10,6 +10,7 @@ be read fails the sync before anything is written (warehouse and cursor as they 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -138,3 +139,96 @@ def test_a_chunk_that_cannot_be_read_fails_the_sync_and_writes_nothing(sandbox: 
     assert _scalar(warehouse, "SELECT cursor FROM sync_state WHERE stream = 'cpc_orders'") == cursor
     assert _scalar(warehouse, "SELECT count(*) FROM sync_runs WHERE run_id = 'r2' AND finished_at IS NOT NULL "
                               "AND inserted > 0") == 0
+
+
+def _edited(pages: list[Page], note: str, share: float = 1.0) -> list[Page]:
+    """The same pages with an unknown field added to the first ``share`` of each page's records
+    (kept in raw, so those rows change)."""
+    out = []
+    for page in pages:
+        body = json.loads(page.body)
+        for record in body["data"][: round(len(body["data"]) * share)]:
+            record["note"] = note
+        out.append(Page(json.dumps(body), page.records, page.listed_status, page.label))
+    return out
+
+
+def _sync(warehouse: Warehouse, pages: list[Page], run_id: str, steps=()) -> None:
+    def fetch(load) -> Fetched:
+        for page in pages:
+            load.add(page)
+        return Fetched(cursor={"run": run_id}, mode="full", steps=list(steps))
+
+    run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id=run_id, fetch=fetch)
+
+
+def _table_state(warehouse: Warehouse) -> dict:
+    with warehouse.connect(read_only=True) as con:
+        return {
+            "ddl": con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'cpc_orders'").fetchone()[0],
+            "constraints": sorted(map(str, con.execute(
+                "SELECT constraint_type, constraint_column_names FROM duckdb_constraints() "
+                "WHERE table_name = 'cpc_orders'").fetchall())),
+            "indexes": con.execute("SELECT index_name FROM duckdb_indexes() WHERE table_name = 'cpc_orders'").fetchall(),
+            "rows": con.execute("SELECT count(*), count(DISTINCT order_id) FROM cpc_orders").fetchone(),
+            "first_seen": dict(con.execute("SELECT order_id, first_seen_at FROM cpc_orders").fetchall()),
+            "notes": dict(con.execute("SELECT coalesce(raw->>'note', ''), count(*) FROM cpc_orders GROUP BY 1").fetchall()),
+        }
+
+
+def test_replacing_most_rows_rebuilds_the_table_with_the_same_schema_and_rows(sandbox: Sandbox, warehouse: Warehouse,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Past REBUILD_SHARE of a table changed, the loader writes the table afresh (its own DDL, in
+    the commit's transaction) instead of delete + insert: the same table comes out, with its
+    primary key, and views over it keep working. Below the share, and whenever the table has an
+    index of a user's, rows are replaced in place as before (the index survives)."""
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    total = sum(p.records for p in pages)
+    _sync(warehouse, pages, "r1")
+    with warehouse.connect() as con:
+        con.execute("CREATE VIEW my_orders AS SELECT order_id, raw->>'note' AS note FROM cpc_orders")
+    before = _table_state(warehouse)
+
+    caplog.set_level(logging.INFO, logger="pipelines.warehouse.loader")
+    _sync(warehouse, _edited(pages, "v2"), "r2")  # every row changed: rebuilt
+    assert "cpc_orders: %d of its" % total in caplog.text and "written afresh" in caplog.text
+    caplog.clear()
+    after = _table_state(warehouse)
+    assert {k: after[k] for k in ("ddl", "constraints", "indexes", "rows")} == \
+           {k: before[k] for k in ("ddl", "constraints", "indexes", "rows")}
+    assert after["rows"] == (total, total)
+    assert after["first_seen"] == before["first_seen"]  # carried over from the old rows
+    assert after["notes"] == {"v2": total}
+    assert _scalar(warehouse, "SELECT count(*) FROM my_orders WHERE note = 'v2'") == total
+    with warehouse.connect() as con, pytest.raises(Exception, match="(?i)duplicate key|primary key|constraint"):
+        con.execute("INSERT INTO cpc_orders SELECT * FROM cpc_orders LIMIT 1")  # the key still holds
+
+    with warehouse.connect() as con:
+        con.execute("CREATE INDEX cpc_orders_by_status ON cpc_orders (status)")
+    _sync(warehouse, _edited(pages, "v3"), "r3")  # every row changed, but a user's index: in place
+    kept = _table_state(warehouse)
+    assert "written afresh" not in caplog.text
+    assert kept["indexes"] == [("cpc_orders_by_status",)]
+    assert kept["rows"] == (total, total) and kept["notes"] == {"v3": total}
+    assert kept["first_seen"] == before["first_seen"]
+
+
+def test_a_rebuild_that_fails_later_in_the_commit_leaves_the_table_as_it_was(sandbox: Sandbox, warehouse: Warehouse) -> None:
+    from pipelines.warehouse.loader import CommitStep
+
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    _sync(warehouse, pages, "r1")
+    _sync(warehouse, _edited(pages, "few", share=0.1), "r1b")  # below REBUILD_SHARE: in place
+    before = _table_state(warehouse)
+    assert before["notes"].get("few")
+
+    def boom(con, now):
+        raise RuntimeError("a commit step failed after the merge")
+
+    with pytest.raises(RuntimeError, match="after the merge"):
+        _sync(warehouse, _edited(pages, "v2"), "r2", steps=[CommitStep("boom", boom)])
+    assert _table_state(warehouse) == before
+    assert _scalar(warehouse, "SELECT cursor->>'run' FROM sync_state WHERE stream = 'cpc_orders'") == "r1b"
+    with warehouse.connect(read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert not any(t.endswith("__rebuilt") for t in tables)
