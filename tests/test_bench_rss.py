@@ -12,6 +12,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 
@@ -25,19 +27,27 @@ PARENT = (
 )
 
 
-def test_peak_rss_sums_the_process_tree() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+@contextmanager
+def sampled(script: str) -> Iterator[tuple[subprocess.Popen, RssSampler]]:
+    """Run ``script`` with the sampler on it from the start; yields once it printed 'ready', then
+    waits for it to end (killed if it is still running when the block fails)."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         with RssSampler(proc.pid, every=0.05) as rss:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            whole = tree_rss_mb(psutil.Process(proc.pid))
-            parent_alone = psutil.Process(proc.pid).memory_info().rss / 2**20
-            time.sleep(0.3)
+            yield proc, rss
             proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_peak_rss_sums_the_process_tree() -> None:
+    with sampled(PARENT) as (proc, rss):
+        whole = tree_rss_mb(psutil.Process(proc.pid))
+        parent_alone = psutil.Process(proc.pid).memory_info().rss / 2**20
+        time.sleep(0.3)
     assert parent_alone < 100  # the parent itself holds little...
     assert whole >= parent_alone + 140  # ...the tree holds the child's 150 MB too
     assert rss.tree_peak_mb is not None and rss.tree_peak_mb >= parent_alone + 140
@@ -55,18 +65,10 @@ FORKING_PARENT = (
 
 
 def test_pss_counts_the_pages_a_forked_child_shares_once() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", FORKING_PARENT], stdout=subprocess.PIPE, text=True)
-    try:
-        with RssSampler(proc.pid, every=0.05) as rss:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            time.sleep(0.2)
-            root = psutil.Process(proc.pid)
-            rss_sum, pss_sum = tree_rss_mb(root), tree_pss_mb(root)
-            proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with sampled(FORKING_PARENT) as (proc, rss):
+        time.sleep(0.2)
+        root = psutil.Process(proc.pid)
+        rss_sum, pss_sum = tree_rss_mb(root), tree_pss_mb(root)
     assert rss_sum >= 290  # the 150 MB block, in the parent's RSS and again in the child's
     assert 140 <= pss_sum <= rss_sum - 120  # in PSS, once
     assert rss.tree_peak_pss_mb is not None and 140 <= rss.tree_peak_pss_mb <= rss.tree_peak_mb - 120
