@@ -10,6 +10,7 @@ xdist handles it; this test fails on a combination that ignores the groups.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,5 @@ def test_tests_of_one_group_run_on_one_worker(tmp_path: Path) -> None:
 
 
 def _env() -> dict[str, str]:
-    import os
-
+    """This environment without pytest's own variables (xdist's worker id would leak into the run)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
