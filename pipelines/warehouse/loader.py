@@ -570,10 +570,12 @@ class StreamLoad:
             {"now": now, "run": self.run_id},
         )
         if res.updated:
-            self._replace_changed_rows(spec, target, status_cols, now)
+            self._replace_changed_rows(spec, target, status_cols, now, res.updated)
         return res
 
-    def _replace_changed_rows(self, spec: TableSpec, target: str, status_cols: list[str], now: datetime) -> None:
+    def _replace_changed_rows(
+        self, spec: TableSpec, target: str, status_cols: list[str], now: datetime, changed: int
+    ) -> None:
         """Rewrite the changed rows as delete + insert, not UPDATE: DuckDB keeps an UPDATE's old
         values in memory until the commit (a first poll of 500 000 leads needs more than 384 MB),
         while deleted rows are markers and inserted rows spill. Columns the feed does not update
@@ -594,7 +596,7 @@ class StreamLoad:
             f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} WHERE NOT d.is_new",
             {"now": now, "run": self.run_id},
         )
-        rebuild = rebuild_sql(con, spec.table, _key_join(spec, "t", "d"))
+        rebuild = rebuild_sql(con, spec.table, _key_join(spec, "t", "d"), changed)
         if rebuild is not None:
             for statement in rebuild:
                 con.execute(statement)
@@ -719,11 +721,11 @@ class StreamLoad:
 REBUILD_SHARE = 0.25
 
 
-def rebuild_sql(con: duckdb.DuckDBPyConnection, table: str, key_join: str) -> list[str] | None:
+def rebuild_sql(con: duckdb.DuckDBPyConnection, table: str, key_join: str, replaced: int) -> list[str] | None:
     """Statements that write ``wh.main.<table>`` afresh as its rows that ``delta`` does not replace
     (``key_join`` over ``t``, the table, and ``d``, the delta: the delete's own condition) plus the
-    temp table ``replaced`` (the changed rows, in the table's column order), or None to delete +
-    insert.
+    temp table ``replaced`` (its ``replaced`` changed rows, in the table's column order), or None
+    to delete + insert.
 
     Rebuilt only when ``replaced`` holds at least REBUILD_SHARE of the table's rows: the new table
     is made from the table's own DDL (DuckDB's ``duckdb_tables().sql``: same columns, types,
@@ -739,7 +741,6 @@ def rebuild_sql(con: duckdb.DuckDBPyConnection, table: str, key_join: str) -> li
     ddl, rows = found
     # duckdb_indexes() lists the indexes made by CREATE INDEX (not the primary key's own)
     indexes = con.execute(f"SELECT count(*) FROM duckdb_indexes() {where}", [table]).fetchone()[0]
-    replaced = con.execute("SELECT count(*) FROM replaced").fetchone()[0]
     head = f"CREATE TABLE {table}("
     if indexes or replaced < REBUILD_SHARE * rows or not ddl.startswith(head):
         return None
