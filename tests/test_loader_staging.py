@@ -89,6 +89,32 @@ def test_pages_are_staged_as_ndjson_chunks_and_typed_once(sandbox: Sandbox, ware
     assert _scalar(warehouse, "SELECT count(*) FROM quarantine") == 0
 
 
+def test_a_record_read_twice_is_one_row_holding_the_copy_read_last(sandbox: Sandbox, warehouse: Warehouse) -> None:
+    """``cur_<table>`` picks one row per key without copying the records; the row written (its
+    ``raw`` too, which the merge reads from the typed row) is the copy fetched last, and a record
+    of the wrong type is quarantined, never written."""
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    first = json.loads(pages[0].body)["data"]
+    twice, bad = first[0]["order_id"], first[1]["order_id"]
+    again = json.loads(pages[0].body)
+    again["data"] = [dict(first[0], note="read last")]
+    broken = json.loads(pages[0].body)
+    broken["data"] = [dict(r, of_account_id="many") if r["order_id"] == bad else r for r in first]
+    staged = [Page(json.dumps(broken), len(first), pages[0].listed_status, pages[0].label), *pages[1:],
+              Page(json.dumps(again), 1, pages[0].listed_status, pages[0].label)]
+    expected = {r["order_id"] for p in pages for r in json.loads(p.body)["data"]} - {bad}
+
+    report = run_stream(warehouse=warehouse, stream="cpc_orders", specs=[CPC_ORDERS], run_id="r1",
+                        fetch=lambda load: [load.add(p) for p in staged] and Fetched(cursor={}, mode="full"))
+
+    with warehouse.connect(read_only=True) as con:
+        rows = dict(con.execute("SELECT order_id, raw->>'note' FROM cpc_orders").fetchall())
+        quarantined = con.execute("SELECT entity_id FROM quarantine").fetchall()
+    assert set(rows) == expected and report.result.primary.inserted == len(expected)
+    assert rows[twice] == "read last" and not any(note for oid, note in rows.items() if oid != twice)
+    assert quarantined == [(bad,)]
+
+
 def test_pretty_printed_bodies_and_escaped_line_breaks(sandbox: Sandbox, warehouse: Warehouse) -> None:
     pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
     reshaped = []

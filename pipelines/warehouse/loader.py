@@ -481,7 +481,7 @@ class StreamLoad:
                 # was staged (an empty typed table)
                 relation = spec.records_sql or "SELECT seq, pos, listed_status, rec FROM recs"
                 self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed)
-            con.execute(_dedupe_sql(spec))
+            _dedupe(con, spec)
 
         with self.warehouse.attach(con, WH):
             now = self._observation_time()
@@ -543,10 +543,12 @@ class StreamLoad:
         key_join = _key_join(spec, "t", "c")
         first_key = _q(spec.key[0])
         prev_status = "t.source_status" if spec.has_status else "NULL"
+        # Without ``raw`` (the bulk of a row): the writes below read it from the typed row
+        # (``_typed_row``), so the run's JSON is copied once, into the warehouse.
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE delta AS
-            SELECT c.*, t.{first_key} IS NULL AS is_new, {prev_status} AS prev_source_status
+            SELECT c.* EXCLUDE (raw), t.{first_key} IS NULL AS is_new, {prev_status} AS prev_source_status
             FROM {cur} AS c LEFT JOIN {target} AS t ON {key_join}
             WHERE t.{first_key} IS NULL OR t.row_hash <> c.row_hash
             """
@@ -563,10 +565,11 @@ class StreamLoad:
         base = [*columns]
         status_cols = ["source_status", "status"] if spec.has_status else []
         insert_cols = [*base, *status_cols, "raw", "row_hash", "first_seen_at", "synced_at", "run_id"]
-        select_cols = [*(f"d.{_q(c)}" for c in base), *(f"CAST(d.{c} AS VARCHAR)" for c in status_cols), "d.raw", "d.row_hash", "$now", "$now", "$run"]
+        select_cols = [*(f"r.{_q(c)}" for c in base), *(f"CAST(r.{c} AS VARCHAR)" for c in status_cols), "r.raw", "r.row_hash", "$now", "$now", "$run"]
         con.execute(
             f"INSERT INTO {target} ({', '.join(_q(c) for c in insert_cols)}) "
-            f"SELECT {', '.join(select_cols)} FROM delta AS d WHERE d.is_new",
+            f"SELECT {', '.join(select_cols)} FROM {typed} AS r "
+            f"WHERE r.rowid IN (SELECT _typed_row FROM delta WHERE is_new)",
             {"now": now, "run": self.run_id},
         )
         if res.updated:
@@ -590,10 +593,11 @@ class StreamLoad:
         updatable = [c for c in (spec.update_columns or spec.columns) if c not in spec.key]
         replace = [f"d.{_q(c)} AS {_q(c)}" for c in updatable]
         replace += [f"CAST(d.{c} AS VARCHAR) AS {c}" for c in status_cols]
-        replace += ["d.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
+        replace += ["r.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE replaced AS SELECT t.* REPLACE ({', '.join(replace)}) "
-            f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} WHERE NOT d.is_new",
+            f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} "
+            f"JOIN {_q('typed_' + spec.table)} AS r ON r.rowid = d._typed_row WHERE NOT d.is_new",
             {"now": now, "run": self.run_id},
         )
         rebuild = rebuild_sql(con, spec.table, _key_join(spec, "t", "d"), changed)
@@ -775,22 +779,29 @@ def _key_join(spec: TableSpec, left: str, right: str) -> str:
     return " AND ".join(f"{left}.{_q(k)} = {right}.{_q(k)}" for k in spec.key)
 
 
-def _dedupe_sql(spec: TableSpec) -> str:
-    """Keep one valid record per key: a record seen twice in a run (a repeated page, or an entity
-    that moved between status lists mid-walk) counts once. A terminal status wins over an open one
-    (statuses only move forward), then the record fetched last."""
+def _dedupe(con: duckdb.DuckDBPyConnection, spec: TableSpec) -> None:
+    """Make ``cur_<table>``: one valid record per key. A record seen twice in a run (a repeated
+    page, or an entity that moved between status lists mid-walk) counts once. A terminal status
+    wins over an open one (statuses only move forward), then the record fetched last.
+
+    ``cur_<table>`` is a view over ``typed_<table>`` with each row's ``_typed_row`` (its rowid
+    there), not a copy: copying would write every record's ``raw`` once more (on 200,000 swap
+    orders, over a second of a commit that then copies them again into the warehouse). The
+    winners are picked by a window over the key and ordering columns only, kept as rowids."""
     cur = _q("cur_" + spec.table)
     typed = _q("typed_" + spec.table)
+    keep = _q("keep_" + spec.table)
     partition = ", ".join(_q(k) for k in spec.key)
     terminal = spec.terminal_raw_statuses()
     if spec.has_status and terminal:
         rank = "CASE WHEN source_status IN (" + ", ".join(f"'{s}'" for s in terminal) + ") THEN 1 ELSE 0 END DESC, "
     else:
         rank = ""
-    # The window runs over the key and ordering columns only, then the winning rows are picked by
-    # rowid: a window over whole rows (raw JSON included) must hold all of them at once.
-    return (
-        f"CREATE OR REPLACE TABLE {cur} AS SELECT * EXCLUDE (_reason) FROM {typed} "
-        f"WHERE rowid IN (SELECT rowid FROM {typed} WHERE _reason IS NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {rank}seq DESC, pos DESC) = 1)"
+    con.execute(
+        f"CREATE OR REPLACE TABLE {keep} AS SELECT rowid AS _row FROM {typed} WHERE _reason IS NULL "
+        f"QUALIFY row_number() OVER (PARTITION BY {partition} ORDER BY {rank}seq DESC, pos DESC) = 1"
     )
+    kept, total = con.execute(f"SELECT (SELECT count(*) FROM {keep}), (SELECT count(*) FROM {typed})").fetchone()
+    # every row kept (no invalid record, no key twice: the usual run): no filter to evaluate
+    where = "" if kept == total else f" WHERE rowid IN (SELECT _row FROM {keep})"
+    con.execute(f"CREATE OR REPLACE VIEW {cur} AS SELECT * EXCLUDE (_reason), rowid AS _typed_row FROM {typed}{where}")
