@@ -79,14 +79,17 @@ def _side_record_sql(side: str) -> str:
 # Both sides read one materialized parse of the orders (inlined, each side would parse them again).
 _SIDE_RECORDS_SQL = f"WITH orders AS MATERIALIZED ({_ORDER_PARTS})" + " UNION ALL ".join(
     f"""
-    SELECT seq, pos * 2 + {i} AS pos, listed_status, {_side_record_sql(side)} AS rec
+    SELECT seq, pos * 2 + {i} AS pos, listed_status, {_side_record_sql(side)} AS rec,
+           {_ORDER_STATUS} AS side_order_status
     FROM orders
     WHERE starts_with(o.{side}_side, '{{')
     """
     for i, side in enumerate(("offer", "order"))
 )
 
-_SIDE_STATUS = "json_extract_string(rec, '$.order_status')"
+# The order's status, as the side record holds it under ``order_status`` (read from the column
+# beside the record rather than by parsing the record again: one parse less per side).
+_SIDE_STATUS = "side_order_status"
 
 
 def _stats_fields() -> tuple[Field, ...]:
