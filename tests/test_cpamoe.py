@@ -7,6 +7,7 @@ lead ids list.json was asked for, so tests can prove final leads are never polle
 from __future__ import annotations
 
 import csv
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -229,6 +230,24 @@ def test_register_loads_each_file_once_and_never_half_loads_a_file(world, leads_
     ]
     warnings = materialization(result, "cpamoe_lead_files")["warning_messages"]
     assert "wrong_header.csv: no 'id' column" in warnings
+
+
+def test_register_keeps_an_empty_cell_apart_from_a_missing_one(world, leads_dir):
+    """A cell the line does not have (no such column, a short line) is null in ``raw``; an empty
+    cell is an empty string; a long cell is cut, never dropped."""
+    write_csv(leads_dir / "ids_only.csv", ["id"], [["700001"]])
+    write_csv(leads_dir / "with_offer.csv", ["submitted_at", "offer", "id"],
+              [["", "", "700002"], ["1768471200", "217", "700003"], ["x" * 300, "", "700004"]])
+
+    world.sync(assets=["cpamoe_lead_files"])
+
+    raw = {lead: json.loads(r) for lead, r in world.query("SELECT lead_id, CAST(raw AS VARCHAR) FROM cpamoe_leads")}
+    assert set(raw) == {"700001", "700002", "700003"}
+    assert raw["700001"]["offer"] is None and raw["700001"]["submitted_at"] is None
+    assert raw["700002"]["offer"] == "" and raw["700002"]["submitted_at"] == ""
+    assert raw["700003"]["offer"] == "217" and raw["700003"]["submitted_at"] == "1768471200"
+    (error,), = world.query("SELECT error FROM cpamoe_lead_file_errors WHERE lead_id = '700004'")
+    assert error == "submitted_at is not a timestamp: " + "x" * 40
 
 
 # -- polling -----------------------------------------------------------------------------------

@@ -256,6 +256,12 @@ class StreamLoad:
             self._staging.remove()
             self._staging = None
 
+    @property
+    def staging_dir(self) -> Path:
+        """This run's own folder (removed with the run): where a feed may stage files of its own."""
+        assert self._dir is not None, "the load is not open"
+        return self._dir
+
     # -- before fetching ---------------------------------------------------------------------
 
     def read_state(self, snapshots: dict[str, str] | None = None) -> dict[str, Any]:
