@@ -549,12 +549,15 @@ class StreamLoad:
         key_join = _key_join(spec, "t", "c")
         first_key = _q(spec.key[0])
         prev_status = "t.source_status" if spec.has_status else "NULL"
-        # Without ``raw`` (the bulk of a row): the writes below read it from the typed row
-        # (``_typed_row``), so the run's JSON is copied once, into the warehouse.
+        # ``raw`` (the bulk of a row) only for changed rows: new rows, all of a first sync, read
+        # it from their typed row (``_typed_row``) as they are inserted, so their JSON is copied
+        # once, into the warehouse. (Changed rows keep theirs here: joining them back to the typed
+        # rows by rowid cost more than the copy.)
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE delta AS
-            SELECT c.* EXCLUDE (raw), t.{first_key} IS NULL AS is_new, {prev_status} AS prev_source_status
+            SELECT c.* REPLACE (CASE WHEN t.{first_key} IS NOT NULL THEN c.raw END AS raw),
+                   t.{first_key} IS NULL AS is_new, {prev_status} AS prev_source_status
             FROM {cur} AS c LEFT JOIN {target} AS t ON {key_join}
             WHERE t.{first_key} IS NULL OR t.row_hash <> c.row_hash
             """
@@ -599,11 +602,10 @@ class StreamLoad:
         updatable = [c for c in (spec.update_columns or spec.columns) if c not in spec.key]
         replace = [f"d.{_q(c)} AS {_q(c)}" for c in updatable]
         replace += [f"CAST(d.{c} AS VARCHAR) AS {c}" for c in status_cols]
-        replace += ["r.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
+        replace += ["d.raw AS raw", "d.row_hash AS row_hash", "$now AS synced_at", "$run AS run_id"]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE replaced AS SELECT t.* REPLACE ({', '.join(replace)}) "
-            f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} "
-            f"JOIN {_q('typed_' + spec.table)} AS r ON r.rowid = d._typed_row WHERE NOT d.is_new",
+            f"FROM {target} AS t JOIN delta AS d ON {_key_join(spec, 't', 'd')} WHERE NOT d.is_new",
             {"now": now, "run": self.run_id},
         )
         rebuild = rebuild_sql(con, spec.table, _key_join(spec, "t", "d"), changed)
