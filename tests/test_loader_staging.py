@@ -9,8 +9,10 @@ be read fails the sync before anything is written (warehouse and cursor as they 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import threading
 from pathlib import Path
 
 import httpx
@@ -113,6 +115,30 @@ def test_a_record_read_twice_is_one_row_holding_the_copy_read_last(sandbox: Sand
     assert set(rows) == expected and report.result.primary.inserted == len(expected)
     assert rows[twice] == "read last" and not any(note for oid, note in rows.items() if oid != twice)
     assert quarantined == [(bad,)]
+
+
+@pytest.mark.parametrize("broken_first", [True, False], ids=["on-the-second-connection", "on-the-batch-thread"])
+def test_a_spec_that_fails_to_type_fails_the_sync_whichever_connection_typed_it(
+    sandbox: Sandbox, warehouse: Warehouse, broken_first: bool
+) -> None:
+    """A batch's first spec is typed on a second connection beside the others: its error fails
+    the sync like any other, nothing is written and no typing thread is left behind."""
+    pages = _pages(sandbox.env()["ONLYTRAFFIC_MARKETER_BASE_URL"])
+    broken = dataclasses.replace(
+        CPC_ORDERS, table="cpc_orders_broken",
+        records_sql="SELECT seq, pos, listed_status, CAST(CAST('not a number' AS INTEGER) AS JSON) AS rec FROM recs",
+    )
+    specs = [broken, CPC_ORDERS] if broken_first else [CPC_ORDERS, broken]
+    threads_before = set(threading.enumerate())
+
+    with pytest.raises(Exception, match="not a number"):
+        run_stream(warehouse=warehouse, stream="cpc_orders", specs=specs, run_id="r1",
+                   fetch=lambda load: [load.add(p) for p in pages] and Fetched(cursor={"run": 1}, mode="full"),
+                   batch_records=45)
+
+    assert _scalar(warehouse, "SELECT count(*) FROM cpc_orders") == 0
+    assert _scalar(warehouse, "SELECT count(*) FROM sync_state WHERE stream = 'cpc_orders'") == 0
+    assert not [t for t in set(threading.enumerate()) - threads_before if t.name.startswith(("type-", "stage-"))]
 
 
 def test_pretty_printed_bodies_and_escaped_line_breaks(sandbox: Sandbox, warehouse: Warehouse) -> None:
