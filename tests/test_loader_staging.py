@@ -130,11 +130,21 @@ def test_a_spec_that_fails_to_type_fails_the_sync_whichever_connection_typed_it(
     )
     specs = [broken, CPC_ORDERS] if broken_first else [CPC_ORDERS, broken]
     threads_before = set(threading.enumerate())
+    seen = {}
+
+    def fetch(load) -> Fetched:
+        for page in pages:
+            load.add(page)
+        try:
+            load.flush()  # waits for the batches' typing: the error is raised here, not at commit
+        except Exception as exc:
+            seen["flush"] = str(exc)
+            raise
+        return Fetched(cursor={"run": 1}, mode="full")
 
     with pytest.raises(Exception, match="not a number"):
-        run_stream(warehouse=warehouse, stream="cpc_orders", specs=specs, run_id="r1",
-                   fetch=lambda load: [load.add(p) for p in pages] and Fetched(cursor={"run": 1}, mode="full"),
-                   batch_records=45)
+        run_stream(warehouse=warehouse, stream="cpc_orders", specs=specs, run_id="r1", fetch=fetch, batch_records=45)
+    assert "not a number" in seen.get("flush", "")
 
     assert _scalar(warehouse, "SELECT count(*) FROM cpc_orders") == 0
     assert _scalar(warehouse, "SELECT count(*) FROM sync_state WHERE stream = 'cpc_orders'") == 0
