@@ -56,7 +56,9 @@ WH = "wh"
 # the memory limit fit in it (swap orders, ~1.7 KB each, the widest records: 160 MB typed 8 MB
 # chunks; two threads ran out at 3 MB), and each chunk's fixed cost (planning a typing statement
 # takes ~60 ms) is paid ten times less often than with the old 1.6 MB chunks on two threads. The
-# other core keeps fetching.
+# other core keeps fetching. (A feed with two tables types them at once on two connections, one
+# thread each: swap orders, ~1.7 KB, beside their sides, ~0.75 KB, peaked no higher; see
+# StreamLoad._type_batch.)
 TYPING_THREADS = 1
 BATCH = "batch"  # schema of the batch being staged
 DATA_RECORDS = "$.data[*]"  # the records path of most pages (Page's default)
