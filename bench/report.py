@@ -313,13 +313,20 @@ def results_path(directory: Path) -> Path:
 
 
 def latest_medium_rss(directory: Path) -> tuple[float, str] | None:
-    """The medium preset's peak RSS from the newest results file that has one (for the growth check)."""
-    for path in sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+    """The medium preset's peak RSS from the newest run that measured one (for the growth check).
+
+    Newest by the run's own ``started_at``, not the file's modification time: a fresh clone gives
+    every results file the same time, and the pick was then arbitrary (an old run's figure)."""
+    found: list[tuple[str, str, float]] = []
+    for path in directory.glob("*.json"):
         try:
             data = json.loads(path.read_text())
             rss = data["presets"]["medium"]["summary"]["full"]["peak_rss_mb"]
         except (KeyError, TypeError, ValueError):
             continue
         if rss:
-            return float(rss), path.name
-    return None
+            found.append((str(data.get("started_at") or ""), str(data.get("finished_at") or ""), path.name, float(rss)))
+    if not found:
+        return None
+    *_, name, rss = max(found)
+    return rss, name

@@ -8,10 +8,12 @@ bench/results, never in assertions.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from bench import report
 from bench import run as bench_run
 
 PHASES = (
@@ -79,3 +81,20 @@ def test_bench_tiny_preset_measures_every_phase(tmp_path: Path, capsys: pytest.C
     assert summary["real_world"]["ratio"] > 0
     assert summary["ratio_to_floor"] > 0
     assert {t["target"] for t in preset["targets"]} >= {"full sync / floor (fetch+load)", "peak RSS of the full sync, MB"}
+
+
+def test_the_growth_check_takes_the_medium_run_that_ran_last_whatever_the_file_times(tmp_path: Path) -> None:
+    """A fresh clone gives every results file the same modification time (here: the older run's
+    file is the newer file), so the newest medium run is the one whose own ``started_at`` is."""
+
+    def result(name: str, started: str, rss: float, mtime: int) -> None:
+        path = tmp_path / name
+        path.write_text(json.dumps({"started_at": started, "finished_at": started,
+                                    "presets": {"medium": {"summary": {"full": {"peak_rss_mb": rss}}}}}))
+        os.utime(path, (mtime, mtime))
+
+    result("2026-12-02.json", "2026-12-02T08:00:00+00:00", 783.0, mtime=1_000)
+    result("2026-11-21.json", "2026-11-21T07:00:00+00:00", 731.9, mtime=2_000)
+    (tmp_path / "large-only.json").write_text(json.dumps({"started_at": "2026-12-03T00:00:00+00:00", "presets": {}}))
+
+    assert report.latest_medium_rss(tmp_path) == (783.0, "2026-12-02.json")
