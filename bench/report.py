@@ -317,7 +317,7 @@ def latest_medium_rss(directory: Path) -> tuple[float, str] | None:
 
     Newest by the run's own ``started_at``, not the file's modification time: a fresh clone gives
     every results file the same time, and the pick was then arbitrary (an old run's figure)."""
-    found: list[tuple[str, str, float]] = []
+    found: list[tuple[str, str, str, float]] = []  # started_at, finished_at, file, rss
     for path in directory.glob("*.json"):
         try:
             data = json.loads(path.read_text())
