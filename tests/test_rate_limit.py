@@ -36,6 +36,13 @@ def starts_in(account: str, limit: int, period: float, count: int, processes: in
     return sorted(out)
 
 
+# The script stamps a start after ``acquire`` returns, so a stamp can lag the time the limiter
+# granted by however long the OS kept that process waiting (tens of ms on a loaded machine): one
+# late stamp shifts into the next window. Counting over a window this much shorter than the limit's
+# still catches two processes sharing nothing (20 starts at once) and ignores the stamping lag.
+STAMP_LAG = 0.15
+
+
 def most_in_any_window(starts: list[float], period: float) -> int:
     return max(sum(1 for t in starts if s <= t < s + period) for s in starts)
 
@@ -45,7 +52,7 @@ def test_processes_of_one_account_share_one_window():
     second (an in-process window would let both start 10 at once: 20)."""
     starts = starts_in(f"user-{uuid.uuid4()}", 10, 1.0, 12, processes=2)
     assert len(starts) == 24
-    assert most_in_any_window(starts, 1.0) <= 10
+    assert most_in_any_window(starts, 1.0 - STAMP_LAG) <= 10
     assert starts[-1] - starts[0] >= 2.0 - 0.05  # 24 starts at 10 per second span two windows
 
 

@@ -81,6 +81,11 @@ query Run($runId: ID!) {
   }
 }"""
 
+RECENT_RUNS = """
+query RecentRuns {
+  runsOrError(limit: 10) { ... on Runs { results { runId status jobName tags { key value } } } }
+}"""
+
 RUNS_IN_FLIGHT = """
 query RunsInFlight($statuses: [RunStatus!]) {
   runsOrError(filter: {statuses: $statuses}) { ... on Runs { results { runId } } }
@@ -266,6 +271,15 @@ class DagsterUi:
                 raise TimeoutError(f"runs still in flight after {timeout:.0f}s")
             time.sleep(1)
 
+    def recent_runs(self) -> list[tuple[str, str, str]]:
+        """(job, status, what started it) of the last runs, newest first: for a timeout's message."""
+        runs = self.graphql(RECENT_RUNS)["runsOrError"]["results"]
+        started_by = ("dagster/sensor_name", "dagster/backfill", "started_by")
+        return [
+            (r["jobName"], r["status"], next((f"{t['key']}={t['value']}" for t in r["tags"] if t["key"] in started_by), ""))
+            for r in runs
+        ]
+
     def materializations(self, asset: str, partitions: list[str] | None = None, limit: int | None = None) -> list[dict]:
         variables = {"assetKey": {"path": [asset]}, "partitions": partitions, "limit": limit}
         return self.graphql(MATERIALIZATIONS, variables)["assetOrError"]["assetMaterializations"]
@@ -352,26 +366,37 @@ def run_backfills(ui: DagsterUi) -> dict[str, dict]:
         ui.memo["offers_run"] = ui.materialize("metapic_offers")
         launched = {asset: ui.launch_backfill(asset, days) for asset, days in BACKFILLS.items()}
         ui.memo["backfills"] = {asset: ui.wait_for_backfill(backfill_id) for asset, backfill_id in launched.items()}
-        ui.memo["views_rebuilt"] = _wait_for_views_after(ui, ui.memo["backfills"].values())
+        ui.memo["views_rebuilt"] = _wait_for_views_after(ui, BACKFILLS)
     return ui.memo["backfills"]
 
 
 VIEWS_AFTER_BACKFILL = ("v_fill_rate", "v_earnings")
 
 
-def _wait_for_views_after(ui: DagsterUi, backfills, timeout: float = 180) -> dict[str, dict]:
-    """The latest materialization of each view in VIEWS_AFTER_BACKFILL once it is newer than every
-    backfill (started by the automation sensor, not by us), then until no run is in flight."""
-    finished_ms = max(b["endTimestamp"] or time.time() for b in backfills) * 1000
+def _wait_for_views_after(ui: DagsterUi, backfills: dict[str, list[str]], timeout: float = 180) -> dict[str, dict]:
+    """The latest materialization of each view in VIEWS_AFTER_BACKFILL once it is newer than the
+    last partition every backfill wrote (started by the automation sensor, not by us), then until
+    no run is in flight.
+
+    The mark is the partitions' own materializations, not the backfill's ``endTimestamp``: the
+    backfill daemon records that at its next tick (up to 30 s later, more on a loaded machine),
+    and the sensor may re-create the views in between, legitimately, since every table was written.
+    """
+    written_ms = max(
+        float(event["timestamp"]) for asset, days in backfills.items() for event in ui.materializations(asset, partitions=days)
+    )
     deadline = time.monotonic() + timeout
     latest: dict[str, dict] = {}
     while set(latest) != set(VIEWS_AFTER_BACKFILL):
         for view in VIEWS_AFTER_BACKFILL:
             found = ui.materializations(view, limit=1)
-            if found and float(found[0]["timestamp"]) > finished_ms:
+            if found and float(found[0]["timestamp"]) > written_ms:
                 latest[view] = found[0]
         if time.monotonic() > deadline:
-            raise TimeoutError(f"views not re-created within {timeout:.0f}s of the backfills (got {sorted(latest)})")
+            raise TimeoutError(
+                f"views not re-created within {timeout:.0f}s of the backfills' last write (got {sorted(latest)}; "
+                f"latest runs: {ui.recent_runs()}):\n{ui.log_tail()}"
+            )
         time.sleep(2)
     ui.wait_until_idle()
     return latest
