@@ -172,6 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines import progress
+    from pipelines.executor import start_fork_server
     from pipelines.run_recovery import recover_killed_runs
     from pipelines.warehouse.summary import print_summary
 
@@ -180,13 +181,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     with sandbox_if_needed(args.scale, force=args.sandbox) as sandbox_env:
         report_sources(sandbox_env)
         print(f"Warehouse: {env('WAREHOUSE_PATH')}\n")
-        from pipelines.definitions import full_refresh_run_config
-
-        run_config = full_refresh_run_config() if args.full_refresh else {}
         if not args.verbose:
             # the progress display replaces Dagster's per-event console log; a failure is printed
             # in one line per failed feed by _sync_once (its stack trace stays in the run's log)
             progress.enable()
+        start_fork_server()  # the environment the steps inherit is final from here
+        from pipelines.definitions import full_refresh_run_config
+
+        run_config = full_refresh_run_config() if args.full_refresh else {}
+        if not args.verbose:
             run_config = {**run_config, "loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
         day_before = sandbox_env is not None and _fresh_local_warehouse()
         with dg.DagsterInstance.get() as instance:

@@ -12,13 +12,16 @@ Why these settings (``pipelines/definitions.py`` reads the variables):
   versions, now Dagster's own scheduling of steps.
 - ``forkserver`` with the definitions preloaded: a step starts by forking a process that already
   imported Dagster, DuckDB and the definitions (a fraction of a second) instead of a fresh
-  interpreter importing them (seconds per step).
+  interpreter importing them (seconds per step); :mod:`pipelines.step_preload` adds what a step
+  imports after the fork (the instance's storage, the HTTP client's transport).
 - each run holds a lock file while its steps run, and first recovers runs whose process died
   (:mod:`pipelines.run_recovery`): whichever way a run was launched, a killed one never blocks
   the next.
 """
 
+import multiprocessing
 from collections.abc import Iterator
+from multiprocessing import forkserver
 
 import dagster as dg
 from dagster._core.definitions.executor_definition import (
@@ -29,6 +32,9 @@ from dagster._core.definitions.executor_definition import (
 from dagster._core.executor.multiprocess import MultiprocessExecutor
 
 from pipelines.run_recovery import lock_folder, recover_killed_runs, run_lock
+
+# What the fork server imports before it forks any step (Dagster puts its executor module first).
+PRELOAD_MODULES = ["pipelines.definitions", "pipelines.step_preload"]
 
 
 class RecoveringMultiprocessExecutor(MultiprocessExecutor):
@@ -64,7 +70,20 @@ def sync_executor(max_concurrent: int, cpu_steps: int, load_tag: str = "affwh/lo
         {
             "max_concurrent": max_concurrent,
             "tag_concurrency_limits": [{"key": load_tag, "value": "cpu", "limit": cpu_steps}],
-            "start_method": {"forkserver": {"preload_modules": ["pipelines.definitions"]}},
+            "start_method": {"forkserver": {"preload_modules": PRELOAD_MODULES}},
         },
         name="multiprocess",
     )
+
+
+def start_fork_server() -> None:
+    """Start the executor's fork server now, so that it imports Dagster and the definitions (~3 s
+    on 2 cores) while the caller does its own start-up, instead of when the first step is due.
+
+    There is one fork server per process: the executor started later in this process finds it
+    running and forks its steps from it. Call it only once the environment is final (sources,
+    progress switch): the steps inherit the fork server's environment, not the caller's.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dagster._core.executor.multiprocess", *PRELOAD_MODULES])
+    forkserver.ensure_running()

@@ -121,6 +121,10 @@ def test_the_run_summary_says_first_sync_once_and_points_to_quarantine(site: Sit
     first = site.run_cli("run", name="first")
     assert first.returncode == 0, first.output[-3000:]
     assert "First sync of this warehouse" in first.stdout
+    # one line per feed, printed by the step processes: they inherited the progress switch, set
+    # before the CLI started the executor's fork server early (pipelines.executor.start_fork_server)
+    for feed in ("cpc_orders", "cpl_orders", "swap_orders", "cpamoe_leads", "metapic_participants"):
+        assert re.search(rf"^  {feed}: \w+ sync, \d+ requests", first.output, re.M), (feed, first.output[-3000:])
     quarantined = site.scalar("SELECT count(*) FROM quarantine")
     assert quarantined > 0
     assert f"{quarantined:,} records are in quarantine (cpc_orders {quarantined:,})" in first.stdout
