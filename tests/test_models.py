@@ -116,3 +116,33 @@ def test_status_sets_derive_from_the_lifecycle_and_every_mapping():
     assert metapic.TERMINAL_OFFER_STATUSES == ("ended", "deleted")
     # an approved cpa.moe lead is completed but its delivery status still moves: still polled
     assert cpamoe.FINAL_STAGES == ("cancel", "trash")
+
+
+def test_an_older_warehouse_gets_the_tables_and_columns_it_lacks_and_keeps_its_rows(tmp_path):
+    """``create_schema`` runs at the start of every step: on a complete warehouse it returns after
+    one query, on an older one it adds what is missing (here a dropped table and a dropped column)."""
+    import duckdb
+
+    from models.schema import create_schema
+    from pipelines.warehouse import Warehouse
+
+    path = tmp_path / "older.duckdb"
+    Warehouse(str(path)).ensure_schema()
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE alert_deliveries")
+        con.execute("ALTER TABLE cpc_orders DROP COLUMN raw")
+        con.execute("INSERT INTO sync_state (stream, cursor) VALUES ('cpc_orders', '{}')")
+
+    engine = Warehouse(str(path)).engine()  # what a new process's ensure_schema runs
+    try:
+        create_schema(engine)
+    finally:
+        engine.dispose()
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        found: dict[str, set[str]] = {}
+        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+            found.setdefault(table, set()).add(column)
+        assert con.execute("SELECT stream FROM sync_state").fetchall() == [("cpc_orders",)]
+    for table in models.metadata.sorted_tables:
+        assert found.get(table.name) == set(table.columns.keys()), table.name
