@@ -7,37 +7,32 @@ import sqlalchemy as sa
 from models.columns import metadata
 
 
+# The columns the warehouse has, as (table, column) rows: what decides whether anything is missing.
+EXISTING_COLUMNS_SQL = (
+    "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+)
+
+
 def create_schema(engine: sa.Engine) -> None:
     """Create the ``lifecycle_status`` type and every table; add columns new in this version.
 
-    Idempotent: every step of every run calls it. When no declared column is missing it returns
-    after that one query (``create_all`` alone asks once per table). Columns are only ever added,
-    never dropped or retyped, so a newer version of the project can open an older warehouse.
+    Idempotent: every step of every run calls it (through ``Warehouse.ensure_schema``, which asks
+    :func:`missing_columns` over a plain DuckDB connection first and comes here only when something
+    is missing). Columns are only ever added, never dropped or retyped, so a newer version of the
+    project can open an older warehouse.
     """
     with engine.begin() as conn:
-        existing = _existing_columns(conn)
-        if not _missing_columns(existing):
+        if not missing_columns(conn.execute(sa.text(EXISTING_COLUMNS_SQL)).all()):
             return
         metadata.create_all(conn, checkfirst=True)
-        for table_name, column_name in _missing_columns(_existing_columns(conn)):
+        for table_name, column_name in missing_columns(conn.execute(sa.text(EXISTING_COLUMNS_SQL)).all()):
             col_type = metadata.tables[table_name].columns[column_name].type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{column_name}" {col_type}'))
 
 
-def _missing_columns(existing: dict[str, set[str]]) -> list[tuple[str, str]]:
-    """(table, column) of every column the models declare that the database lacks; a table with
-    every column has its types too (its columns use them), so nothing is left to create."""
-    return [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if c.name not in existing.get(t.name, set())]
-
-
-def _existing_columns(conn: sa.Connection) -> dict[str, set[str]]:
-    rows = conn.execute(
-        sa.text(
-            "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = current_schema()"
-        )
-    )
-    found: dict[str, set[str]] = {}
-    for table_name, column_name in rows:
-        found.setdefault(table_name, set()).add(column_name)
-    return found
+def missing_columns(existing_rows) -> list[tuple[str, str]]:
+    """(table, column) of every column the models declare that is not among ``existing_rows``
+    (the rows of EXISTING_COLUMNS_SQL). A table with every column has its types too (its columns
+    use them), so when this is empty there is nothing to create."""
+    existing = {(table, column) for table, column in existing_rows}
+    return [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if (t.name, c.name) not in existing]

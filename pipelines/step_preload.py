@@ -8,12 +8,15 @@ in every step: ~0.75 s between a step's "worker starting" and "worker started" e
 2-core machine, paid nine times per ``sync_all``, mostly one after another in the CPU lane.
 Importing them here, in the fork server, leaves every fork with them already loaded.
 
-Only imports: the fork server must hold no thread, connection or open file when it forks.
+It also builds the feeds' shared TLS context (loading the CA bundle, ~0.1-0.2 s a process).
+Nothing else: the fork server must hold no thread, connection or open file when it forks.
 """
 
 from __future__ import annotations
 
 import importlib
+
+from pipelines.sources.http import shared_ssl_context
 
 # The instance a step opens (dagster.yaml: SQLite storage, our run launcher, no compute logs).
 INSTANCE_MODULES = (
@@ -53,3 +56,4 @@ def preload() -> list[str]:
 
 # what the fork server lacked (checked by tests/test_step_start.py: a rename would go unnoticed)
 MISSING = preload()
+shared_ssl_context()

@@ -119,11 +119,11 @@ def test_status_sets_derive_from_the_lifecycle_and_every_mapping():
 
 
 def test_an_older_warehouse_gets_the_tables_and_columns_it_lacks_and_keeps_its_rows(tmp_path):
-    """``create_schema`` runs at the start of every step: on a complete warehouse it returns after
-    one query, on an older one it adds what is missing (here a dropped table and a dropped column)."""
+    """``Warehouse.ensure_schema`` runs at the start of every step: on a complete warehouse one
+    query over a plain DuckDB connection answers it, on an older one it adds what is missing
+    (here a dropped table and a dropped column)."""
     import duckdb
 
-    from models.schema import create_schema
     from pipelines.warehouse import Warehouse
 
     path = tmp_path / "older.duckdb"
@@ -133,11 +133,9 @@ def test_an_older_warehouse_gets_the_tables_and_columns_it_lacks_and_keeps_its_r
         con.execute("ALTER TABLE cpc_orders DROP COLUMN raw")
         con.execute("INSERT INTO sync_state (stream, cursor) VALUES ('cpc_orders', '{}')")
 
-    engine = Warehouse(str(path)).engine()  # what a new process's ensure_schema runs
-    try:
-        create_schema(engine)
-    finally:
-        engine.dispose()
+    warehouse = Warehouse(str(path))
+    Warehouse._ensured.discard(warehouse.key)  # as in a new process: nothing known about this file
+    warehouse.ensure_schema()
 
     with duckdb.connect(str(path), read_only=True) as con:
         found: dict[str, set[str]] = {}

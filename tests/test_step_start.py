@@ -26,6 +26,8 @@ from pipelines.executor import PRELOAD_MODULES
 assert PRELOAD_MODULES == ["pipelines.definitions", "pipelines.step_preload"], PRELOAD_MODULES
 missing = pipelines.step_preload.MISSING
 preloaded = set(sys.modules)
+import pipelines.sources.http as http
+ssl_ready = http._ssl_context is not None  # the CA bundle is loaded before any fork
 
 import dagster as dg, httpx
 from dagster._core.instance.ref import InstanceRef
@@ -35,7 +37,7 @@ with dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])):
     pass
 httpx.Client().close()
 Warehouse(sys.argv[2]).ensure_schema()
-print(json.dumps({"missing": missing, "imported": sorted(set(sys.modules) - preloaded)}))
+print(json.dumps({"missing": missing, "ssl_ready": ssl_ready, "imported": sorted(set(sys.modules) - preloaded)}))
 """
 
 # Packages a step used to import after the fork (0.75 s per step on 2 cores, nine steps a sync).
@@ -52,6 +54,7 @@ def test_a_step_imports_nothing_heavy_after_the_fork(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
 
+    assert result["ssl_ready"]
     assert result["missing"] == []  # a module renamed by a Dagster upgrade would make the preload a no-op
     late = [m for m in result["imported"] if m.startswith(HEAVY)]
     assert late == [], f"imported by the step after the fork: {late}"

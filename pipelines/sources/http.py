@@ -150,9 +150,10 @@ _ssl_context: ssl.SSLContext | None = None
 _ssl_lock = threading.Lock()
 
 
-def _shared_ssl_context() -> ssl.SSLContext:
+def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context per process: building one loads the CA bundle (~0.2 s), and every asset of
-    a run creates its own client."""
+    a run creates its own client. The executor's fork server builds it once for every step
+    (:mod:`pipelines.step_preload`)."""
     global _ssl_context
     with _ssl_lock:
         if _ssl_context is None:
@@ -198,7 +199,7 @@ class ApiClient:
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
             follow_redirects=False,
-            verify=_shared_ssl_context(),
+            verify=shared_ssl_context(),
         )
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import duckdb
 import sqlalchemy as sa
 
-from models.schema import create_schema
+from models.schema import EXISTING_COLUMNS_SQL, create_schema, missing_columns
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,9 @@ class Warehouse:
             return  # checked without the lock: a commit of the other lane may be holding it
 
         def create() -> None:
+            with self._connect(read_only=False) as con:
+                if not missing_columns(con.execute(EXISTING_COLUMNS_SQL).fetchall()):
+                    return  # the usual case, answered without starting a SQLAlchemy engine (~0.1 s a step)
             engine = self.engine()
             try:
                 create_schema(engine)
