@@ -16,14 +16,12 @@ EXISTING_COLUMNS_SQL = (
 def create_schema(engine: sa.Engine) -> None:
     """Create the ``lifecycle_status`` type and every table; add columns new in this version.
 
-    Idempotent: every step of every run calls it (through ``Warehouse.ensure_schema``, which asks
-    :func:`missing_columns` over a plain DuckDB connection first and comes here only when something
-    is missing). Columns are only ever added, never dropped or retyped, so a newer version of the
-    project can open an older warehouse.
+    Idempotent. ``Warehouse.ensure_schema`` asks :func:`missing_columns` over a plain DuckDB
+    connection first (every step does) and comes here only when something is missing. Columns are
+    only ever added, never dropped or retyped, so a newer version of the project can open an older
+    warehouse.
     """
     with engine.begin() as conn:
-        if not missing_columns(conn.execute(sa.text(EXISTING_COLUMNS_SQL)).all()):
-            return
         metadata.create_all(conn, checkfirst=True)
         for table_name, column_name in missing_columns(conn.execute(sa.text(EXISTING_COLUMNS_SQL)).all()):
             col_type = metadata.tables[table_name].columns[column_name].type.compile(dialect=conn.dialect)
