@@ -29,8 +29,10 @@ from urllib.parse import quote, quote_plus
 
 import certifi
 import httpx
+import msgspec
 import orjson
 
+from pipelines.sources.page_shape import PageShape
 from pipelines.sources.rate_limit import RateLimiter
 
 # httpx logs every request URL at INFO; some sources carry their key in the URL.
@@ -215,19 +217,20 @@ class ApiClient:
         """How errors name a request: method and URL without its query, secrets redacted."""
         return self.redact(f"{method} {self.base_url}{path}")
 
-    def get(self, path: str, params: Any = None) -> ApiResponse:
-        return self.request("GET", path, params=params)
+    def get(self, path: str, params: Any = None, *, shape: PageShape | None = None) -> ApiResponse:
+        """GET ``path``; with ``shape``, a successful body is decoded to only what it names."""
+        return self.request("GET", path, params=params, shape=shape)
 
     def post(self, path: str, params: Any = None, data: Any = None, json: Any = None) -> ApiResponse:
         return self.request("POST", path, params=params, data=data, json=json)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
+    def request(self, method: str, path: str, *, shape: PageShape | None = None, **kwargs: Any) -> ApiResponse:
         endpoint = self.endpoint(method, path)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._attempt(method, path, endpoint, kwargs)
+                return self._attempt(method, path, endpoint, kwargs, shape)
             except AuthError:
                 raise
             except ApiError as err:
@@ -260,7 +263,7 @@ class ApiClient:
                     self.on_retry(message)
                 time.sleep(delay)
 
-    def _attempt(self, method: str, path: str, endpoint: str, kwargs: dict) -> ApiResponse:
+    def _attempt(self, method: str, path: str, endpoint: str, kwargs: dict, shape: PageShape | None) -> ApiResponse:
         if self.rate_limiter is not None:
             self.stats.waited(self.rate_limiter.acquire())
         with self._slots:
@@ -277,7 +280,7 @@ class ApiClient:
         self.stats.count(endpoint, len(content))
         self._observe_rate_limit_headers(response.headers)
         status = response.status_code
-        parsed, parse_error = _parse_json(content)
+        parsed, parse_error = _parse_json(content, shape if 200 <= status < 300 else None)
 
         if status in (401, 403):
             fix = " or ".join(self.credential_vars) or "the credentials"
@@ -336,9 +339,18 @@ class ApiClient:
             self.rate_limiter.pause_for(reset if reset is not None else self.rate_limiter.period)
 
 
-def _parse_json(content: bytes) -> tuple[Any, bool]:
+def _parse_json(content: bytes, shape: PageShape | None = None) -> tuple[Any, bool]:
+    """(the body, whether it failed to parse); ``shape`` decodes only what it names, and a body
+    of another shape is parsed in full (see :mod:`pipelines.sources.page_shape`)."""
     if not content:
         return None, True
+    if shape is not None:
+        try:
+            lean = shape.decode(content)
+        except msgspec.DecodeError:
+            lean = None  # orjson has the last word on what is malformed
+        if lean is not None:
+            return lean, False
     try:
         return orjson.loads(content), False
     except orjson.JSONDecodeError:

@@ -32,6 +32,7 @@ from typing import Any
 from models.status import open_raw_statuses, terminal_raw_statuses
 from pipelines.sources.fetch import Emit
 from pipelines.sources.http import ApiClient, ApiError, AuthError
+from pipelines.sources.page_shape import PageShape
 from pipelines.sources.read_ahead import OffsetReadAhead
 from pipelines.sources.status_list import WalkOutcome
 from pipelines.page import Page
@@ -105,6 +106,10 @@ class OffsetStatusListing:
         # invalid (422), that list is treated as empty with a warning instead of failing the run.
         self.optional_statuses = optional_statuses
         self.concurrency = max(1, concurrency)
+        # what the walk and marketer_envelope read of a page: nothing else is decoded in Python
+        self.shape = PageShape(
+            members=("status", "error_code", "message"), records="data", keys=(key, "created_at", "created_at_ts")
+        )
 
     def walk(self, status: str, since: datetime | None, emit: Emit[Page]) -> WalkOutcome:
         """Read one status list page by page. The API gives no total, so a page is trusted only
@@ -120,7 +125,9 @@ class OffsetStatusListing:
         if since is None and self.concurrency > 1 and self.limit > 1:
             ahead = OffsetReadAhead(
                 lambda at, size: self.client.get(
-                    self.path, params={**self.extra_params, "status": status, "offset": at, "limit": size}
+                    self.path,
+                    params={**self.extra_params, "status": status, "offset": at, "limit": size},
+                    shape=self.shape,
                 ),
                 limit=self.limit,
                 depth=self.concurrency,
@@ -163,7 +170,7 @@ class OffsetStatusListing:
             if response is None:
                 params = {**self.extra_params, "status": status, "offset": offset, "limit": limit}
                 try:
-                    response = self.client.get(self.path, params=params)
+                    response = self.client.get(self.path, params=params, shape=self.shape)
                 except ApiError as err:
                     if offset == 0 and status in self.optional_statuses and err.status_code == 422:
                         outcome.complete = True

@@ -31,6 +31,7 @@ from typing import Any
 from models.status import open_raw_statuses, terminal_raw_statuses
 from pipelines.sources.fetch import Emit
 from pipelines.sources.http import ApiClient, ApiError, AuthError
+from pipelines.sources.page_shape import PageShape
 from pipelines.sources.status_list import WalkOutcome
 from pipelines.page import Page
 
@@ -146,6 +147,8 @@ class PageStatusListing:
         self.page_size = max(1, min(page_size or MAX_PAGE_SIZE, MAX_PAGE_SIZE))
         self.concurrency = max(1, concurrency)
         self.key = key
+        # what the walk and studio_envelope read of a page: nothing else is decoded in Python
+        self.shape = PageShape(members=("success", "error", "message", "pagination"), records="data", keys=(key,))
 
     # -- the StatusListing protocol --------------------------------------------------------------
 
@@ -177,7 +180,9 @@ class PageStatusListing:
     # -- pagination --------------------------------------------------------------------------------
 
     def _fetch(self, params: dict[str, Any], number: int, emit: Emit[Page], status: str) -> _Fetched:
-        response = self.client.get(self.path, params={**params, "page": number, "page_size": self.page_size})
+        response = self.client.get(
+            self.path, params={**params, "page": number, "page_size": self.page_size}, shape=self.shape
+        )
         body = response.data
         records = body["data"]
         pagination = body.get("pagination") if isinstance(body.get("pagination"), dict) else {}
