@@ -64,12 +64,14 @@ def sync_status_lists(
     *,
     table: str,
     key_column: str,
-    created_path: str = "$.created_at",
     full_refresh: bool = False,
     max_workers: int = 4,
     log: Callable[[str], None] = lambda _m: None,
 ) -> ListingResult:
-    """Fetch what changed into ``load`` (not committed) and return the new cursor."""
+    """Fetch what changed into ``load`` (not committed) and return the new cursor.
+
+    ``load`` is opened with the orders' key and creation time as ``recs.key`` and ``recs.created``
+    (the load's ``key_path`` and ``created_path``): the queries here read those columns only."""
     state = load.read_state(
         {
             "prior_open": f"SELECT CAST({key_column} AS VARCHAR) AS key, created_at "
@@ -175,9 +177,7 @@ def sync_status_lists(
                 f"status list (e.g. {sample}); kept as last seen"
             )
 
-    newest = load.query(
-        f"SELECT max(TRY_CAST(json_extract_string(rec, '{created_path}') AS TIMESTAMPTZ)) FROM recs"
-    )[0][0]
+    newest = load.query("SELECT max(TRY_CAST(created AS TIMESTAMPTZ)) FROM recs")[0][0]
     candidates = [t for t in (newest, old_watermark) if t is not None]
     cursor = {"created_watermark": _iso(max(candidates)) if candidates else None}
     if disturbed:
@@ -186,7 +186,7 @@ def sync_status_lists(
         # terminal lists back to the oldest such order could be: created after what the last
         # sync had seen (or, after a full walk, no older than the oldest open order seen).
         unknown_since = min(t for t in (old_watermark, recheck) if t is not None) if not full else None
-        floor = _recheck_floor(load, full, unknown_since, created_path, listing.open_statuses)
+        floor = _recheck_floor(load, full, unknown_since, listing.open_statuses)
         if floor is not None:
             cursor["recheck_from"] = _iso(floor)
         sample = ", ".join(f"{k} ({a} -> {b})" for k, a, b in movers[:5])
@@ -214,7 +214,7 @@ def _movers(load: StreamLoad) -> list[tuple[str, str, str]]:
 
 
 def _recheck_floor(
-    load: StreamLoad, full: bool, since: datetime | None, created_path: str, open_statuses: tuple[str, ...]
+    load: StreamLoad, full: bool, since: datetime | None, open_statuses: tuple[str, ...]
 ) -> datetime | None:
     """How far back the next sync must read terminal lists to find what this one may have missed.
 
@@ -227,7 +227,7 @@ def _recheck_floor(
     if not full:
         return since
     return load.query(
-        f"SELECT min(TRY_CAST(json_extract_string(rec, '{created_path}') AS TIMESTAMPTZ)) FROM recs "
+        "SELECT min(TRY_CAST(created AS TIMESTAMPTZ)) FROM recs "
         "WHERE list_contains($1, listed_status)",
         [list(open_statuses)],
     )[0][0]

@@ -231,6 +231,6 @@ def sync_created_range(
         run_id=run_id,
         fetch=fetch,
         client=client,
-        key_sql="json_extract_string(rec, '$.order_id')",
+        key_path="$.order_id",
         on_progress=on_progress,
     )

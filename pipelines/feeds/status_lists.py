@@ -42,7 +42,7 @@ def sync_status_listing(
     of metrics over ``{wh}.<table>``) is the older spelling of a summary step, still accepted.
     """
     key = spec.key[0]
-    key_field = next(f for f in spec.fields if f.name == key)
+    path_of = {f.name: f.path for f in spec.fields}
 
     def fetch(load: StreamLoad) -> Fetched:
         listed = sync_status_lists(
@@ -70,6 +70,9 @@ def sync_status_listing(
         fetch=fetch,
         client=client,
         log=log,
-        key_sql=f"json_extract_string(rec, '{key_field.path}')",
+        # the walk's whole-run queries read the key and creation time, never the records' JSON
+        key_path=path_of[key],
+        created_path=path_of.get(spec.created_field or ""),
+        keep_records=False,
         on_progress=on_progress,
     )
