@@ -425,3 +425,13 @@ def test_side_records_are_byte_for_byte_what_json_merge_patch_writes():
         built = con.execute(f"SELECT pos, CAST(rec AS VARCHAR) FROM ({_SIDE_RECORDS_SQL}) ORDER BY pos").fetchall()
     assert len(expected) == 11
     assert built == expected
+
+
+def test_the_cursor_keeps_the_newest_created_at_served(swap_world):
+    """The watermark is read from ``recs.created`` (each order's ``created_at`` text, taken as its
+    page is split; the orders' JSON is not kept in ``recs``): it must be the newest order served."""
+    swap_world.sync(assets=["swap_orders"])
+    served = [t["created_at"] for t in truth(swap_world).values() if t.get("created_at")]
+    newest = max(datetime.fromisoformat(text.replace("Z", "+00:00")) for text in served)
+    cursor = json.loads(swap_world.scalar("SELECT cursor FROM sync_state WHERE stream = 'swap_orders'"))
+    assert datetime.fromisoformat(cursor["created_watermark"]) == newest
