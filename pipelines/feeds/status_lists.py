@@ -72,7 +72,7 @@ def sync_status_listing(
         log=log,
         # the walk's whole-run queries read the key and creation time, never the records' JSON
         key_path=path_of[key],
-        created_path=path_of.get(spec.created_field or ""),
+        created_path=path_of[spec.created_field] if spec.created_field else None,
         keep_records=False,
         on_progress=on_progress,
     )
