@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -156,3 +156,31 @@ def test_readme_examples_return_rows_after_a_fresh_run(tmp_path):
         as_of = con.execute("SELECT as_of FROM v_warehouse_clock").fetchone()[0]
         assert times == [as_of] and as_of.minute == 0 and as_of.second == 0
         assert con.execute("SELECT count(DISTINCT day) FROM order_daily_snapshots").fetchone()[0] == 2
+
+
+def test_a_world_started_at_another_hour_is_the_same_world_moved_in_time():
+    """`affwh run` starts the sandbox a day before the current hour and moves it to the hour: the
+    day it simulates must not depend on which hour that is, or the demo (its alerts, its closed
+    intervals) would differ from one run to the next (a CI run once found no alert at all)."""
+    from pipelines.sandbox.server import Sandbox
+
+    def evolved(anchor: datetime) -> dict[str, list[tuple]]:
+        world = Sandbox(scale="tiny", anchor=anchor).world
+        world.advance(timedelta(hours=24))
+        out: dict[str, list[tuple]] = {}
+        for name, data in world.datasets.items():
+            if hasattr(data, "orders"):  # OnlyTraffic order books
+                out[name] = [(o.order_id, o.created - anchor, o.status, round(o.delivered, 6))
+                             for o in data.orders]
+            elif hasattr(data, "leads"):  # cpa.moe
+                out[name] = [(lead.lead_id, lead.created - anchor.timestamp(), lead.status, lead.reason)
+                             for lead in data.leads]
+            else:  # Metapic
+                out[name] = [(o.id, o.created - anchor, p.n, p.signed_up and p.signed_up - anchor,
+                              p.removed and p.removed - anchor) for o in data.offers for p in o.participants]
+        return out
+
+    first = datetime(2026, 3, 4, 2, tzinfo=UTC)
+    same = evolved(first)
+    assert same == evolved(first + timedelta(days=37, hours=13))
+    assert any(status == "waiting" for _, _, status, _ in same["marketer_cpl"])

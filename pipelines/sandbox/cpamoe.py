@@ -203,7 +203,7 @@ class LeadBook:
             self.changes.append((at, lead.lead_id, lead.status, self.stage(lead)))
 
     def advance(self, world: World, until: datetime) -> None:
-        rng = world.rng("cpamoe", "step", until.isoformat())
+        rng = world.step_rng("cpamoe", "step", until=until)
         limit = until.timestamp()
         while self._queue and self._queue[0][0] <= limit:
             at, n = heapq.heappop(self._queue)

@@ -283,7 +283,7 @@ class MetapicCampaigns:
     def advance(self, world: World, until: datetime) -> None:
         """Campaign and participant statuses are functions of time; new campaigns arrive, and now
         and then a pre-registered participant of a live campaign signs up or one is removed."""
-        rng = world.rng("metapic", "step", until.isoformat())
+        rng = world.step_rng("metapic", "step", until=until)
         hours = (until - world.now).total_seconds() / 3600
         per_hour = world.scale.offers / (world.scale.history_days * 24)
         expected = per_hour * hours
@@ -301,7 +301,7 @@ class MetapicCampaigns:
         seconds = (until - start).total_seconds()
         if seconds <= 0:
             return
-        rng = world.rng("metapic", "participants", until.isoformat())
+        rng = world.step_rng("metapic", "participants", until=until)
         live = [o for o in self.offers if o.created <= start and until <= o.frozen_at]
         members = [p for o in live for p in self.joined(o)]
         pre = [p for p in members if p.signed_up is None and p.id is None and (p.identifier or p.email)]

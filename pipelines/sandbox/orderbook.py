@@ -154,7 +154,7 @@ class OrderBook:
     # -- time passes ---------------------------------------------------------------------------
 
     def advance(self, world: World, until: datetime) -> None:
-        rng = world.rng(self.feed, "step", until.isoformat())
+        rng = world.step_rng(self.feed, "step", until=until)
         step_hours = (until - world.now).total_seconds() / 3600
         if step_hours <= 0:
             return

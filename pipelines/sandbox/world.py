@@ -1,7 +1,8 @@
 """The sandbox's simulated world: a clock, a seed, a scale, and one dataset per API.
 
 Everything is deterministic: the same seed, scale and anchor produce the same records, and
-advancing the clock by the same steps produces the same changes. Each API module registers a
+advancing the clock by the same steps produces the same changes; a world with another anchor is
+the same world moved in time (record times are offsets from the anchor, steps are keyed by them). Each API module registers a
 dataset object with ``advance(world, until)`` to evolve its records as simulated time passes.
 """
 
@@ -69,6 +70,13 @@ class World:
     def rng(self, *parts: object) -> random.Random:
         """A generator seeded by the world seed and ``parts``: stable across runs."""
         return random.Random(f"{self.seed}:" + ":".join(str(p) for p in parts))
+
+    def step_rng(self, *parts: object, until: datetime) -> random.Random:
+        """The generator of one step of time ending at ``until``, keyed by the seconds since the
+        anchor, not by the date: a world started at another hour evolves the same way (the
+        built-in sandbox of `affwh run` starts a day before the current hour, so its demo, the
+        alerts included, is the same whenever it is run)."""
+        return self.rng(*parts, int((until - self.anchor).total_seconds()))
 
     def advance(self, delta: timedelta) -> datetime:
         """Move simulated time forward; every dataset evolves in steps of at most one hour."""
