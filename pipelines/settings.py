@@ -328,6 +328,9 @@ class Settings(BaseModel):
     automation_interval_seconds: Positive = setting(
         "AUTOMATION_INTERVAL_SECONDS", 30, "how often the automation sensor evaluates", group=OPERATIONS
     )
+    alerts_interval_seconds: Positive = setting(
+        "ALERTS_INTERVAL_SECONDS", 30, "how often the `alerts_webhook` sensor looks for new alerts", group=OPERATIONS
+    )
     freshness_warn_minutes: Positive = setting(
         "FRESHNESS_WARN_MINUTES", 60, "current-state assets are *warning* when older (less than the fail window)",
         group=OPERATIONS,

@@ -403,9 +403,12 @@ def test_before_any_sync_a_tick_skips_and_creates_no_warehouse(tmp_path, receive
     assert not Path(tmp_path / "never" / "warehouse.duckdb").exists() and receiver.requests == []
 
 
+DAEMON_TICK_SECONDS = 5  # ALERTS_INTERVAL_SECONDS of the daemon test (30 by default)
+
+
 @pytest.mark.ui
 def test_the_daemon_delivers_each_alert_once_and_stores_no_secret(alerting, receiver, tmp_path):
-    """The real route: ``dagster-daemon`` on this code location ticks the sensor every 30 s; the
+    """The real route: ``dagster-daemon`` on this code location ticks the sensor (every 5 s here); the
     receiver refuses the first request (503), a later tick delivers. Ticks, their skip and failure
     messages and the sensor's logs are stored in the Dagster home: no secret there either."""
     w = alerting
@@ -416,6 +419,7 @@ def test_the_daemon_delivers_each_alert_once_and_stores_no_secret(alerting, rece
     home.mkdir()  # the default instance: this test launches no run
     env = clean_env(
         **w.env(), DAGSTER_HOME=str(home), ALERTS_WEBHOOK_URL=receiver.url, ALERTS_RETRY_BASE_SECONDS="1",
+        ALERTS_INTERVAL_SECONDS=str(DAEMON_TICK_SECONDS),
         CPAMOE_LEADS_DIR=str(tmp_path / "no_leads"), SCHEDULES_DEFAULT_STATUS="stopped",
         AUTOMATION_DEFAULT_STATUS="stopped", DAGSTER_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
     )
@@ -430,7 +434,7 @@ def test_the_daemon_delivers_each_alert_once_and_stores_no_secret(alerting, rece
             while sorted(accepted_ids(receiver)) != sorted(due) and time.monotonic() < deadline:
                 assert daemon.poll() is None, log.read_text()[-3000:]
                 time.sleep(1)
-            time.sleep(35)  # one more tick: nothing more is sent
+            time.sleep(DAEMON_TICK_SECONDS + 10)  # one more tick: nothing more is sent
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait(60)

@@ -22,7 +22,8 @@ from pipelines.warehouse.connection import Warehouse
 
 SENSOR_NAME = "alerts_webhook"
 URL_VARIABLE = "ALERTS_WEBHOOK_URL"
-INTERVAL_SECONDS = 30
+# ALERTS_INTERVAL_SECONDS, 30 by default (tests that run the daemon tick faster)
+INTERVAL_SECONDS = max(int(settings.value("ALERTS_INTERVAL_SECONDS")), 1)
 
 
 class AlertDeliveryFailed(Exception):
