@@ -1,9 +1,10 @@
 """The sandbox's simulated world: a clock, a seed, a scale, and one dataset per API.
 
 Everything is deterministic: the same seed, scale and anchor produce the same records, and
-advancing the clock by the same steps produces the same changes; a world with another anchor is
-the same world moved in time (record times are offsets from the anchor, steps are keyed by them). Each API module registers a
-dataset object with ``advance(world, until)`` to evolve its records as simulated time passes.
+advancing the clock by the same steps produces the same changes. A world with another anchor is
+the same world moved in time (record times are offsets from the anchor and steps are keyed by
+them; only Metapic's daily clicks are drawn per calendar day). Each API module registers a dataset
+object with ``advance(world, until)`` to evolve its records as simulated time passes.
 """
 
 from __future__ import annotations
