@@ -52,13 +52,17 @@ log = logging.getLogger(__name__)
 WH = "wh"
 # DuckDB's JSON functions parse a whole vector (up to 2,048 records) at a time into an arena per
 # thread, so the memory a chunk's typing needs grows with the threads and the record size, not
-# with the chunk (chunks past 2,048 records cost no more). On one thread, chunks of a twentieth of
-# the memory limit fit in it (swap orders, ~1.7 KB each, the widest records: 160 MB typed 8 MB
-# chunks; two threads ran out at 3 MB), and each chunk's fixed cost (planning a typing statement
-# takes ~60 ms) is paid ten times less often than with the old 1.6 MB chunks on two threads. The
-# other core keeps fetching. (A feed with two tables types them at once on two connections, one
-# thread each: swap orders, ~1.7 KB, beside their sides, ~0.75 KB, peaked no higher; see
-# StreamLoad._type_batch.)
+# with the chunk (chunks past 2,048 records cost no more). On one thread, chunks of an eighth of
+# the memory limit fit in it (swap orders, ~1.7 KB each, the widest records, typed 20 MB chunks
+# at 160 MB and 16 MB chunks at 128 MB; two threads ran out at 3 MB), and each chunk's fixed cost
+# (planning the swap sides' typing statement takes ~55 ms, the orders' ~20 ms) is paid per chunk:
+# 200,000 swap orders replayed in-process at 160 MB staged in 17.0 s in chunks of a twentieth of
+# the limit (44 chunks) and in 14.4 s in chunks of an eighth (20 chunks, the record bound), with the
+# process tree's peak RSS unchanged. The other core keeps fetching. (A feed with two tables types
+# them at once on two connections, one thread each: swap orders, ~1.7 KB, beside their sides,
+# ~0.75 KB, peaked no higher; see StreamLoad._type_batch. Two chunks typed at once, on two
+# connections, ran out of 160 MB at 10 MB chunks and, at 6 MB, staged in 13.1 s for 25.4 CPU
+# seconds instead of 17.6.)
 TYPING_THREADS = 1
 BATCH = "batch"  # schema of the batch being staged
 DATA_RECORDS = "$.data[*]"  # the records path of most pages (Page's default)
@@ -198,8 +202,8 @@ class StreamLoad:
         # on 200,000 swap orders, 340 MB less to spill and read back). For feeds whose whole-run
         # queries read only ``key``, ``created``, ``listed_status``, ``seq`` of ``recs``.
         self.keep_records = keep_records
-        # By default a chunk's bodies are a twentieth of the memory limit (8 MB at 160 MB), between
-        # 1 and 32 MB: see TYPING_THREADS.
+        # By default a chunk's bodies are an eighth of the memory limit (20 MB at 160 MB), between
+        # 1 and 32 MB, and at most ``batch_records`` records: see TYPING_THREADS.
         self.batch_bytes = batch_bytes or chunk_bytes_for(warehouse.memory_limit)
         self.batch_records = batch_records
         self.batch_pages = batch_pages
@@ -816,6 +820,10 @@ _UNITS = {"": 1, "B": 1, "KB": 1000, "KIB": 1024, "MB": 1000**2, "MIB": 1024**2,
           "TB": 1000**4, "TIB": 1024**4}
 
 
+# a chunk's page bytes are this fraction of the memory limit (see TYPING_THREADS)
+CHUNK_SHARE = 8
+
+
 def chunk_bytes_for(memory_limit: str) -> int:
     """Bytes of page bodies per typed chunk for a DuckDB ``memory_limit`` ('160MB', '1GiB'...)."""
     text = str(memory_limit).strip().upper().replace(" ", "")
@@ -824,7 +832,7 @@ def chunk_bytes_for(memory_limit: str) -> int:
         limit = float(number) * _UNITS[text[len(number):]]
     except (KeyError, ValueError):
         limit = 160 * 1000**2
-    return int(min(max(limit / 20, 2**20), 32 * 2**20))
+    return int(min(max(limit / CHUNK_SHARE, 2**20), 32 * 2**20))
 
 
 def _key_join(spec: TableSpec, left: str, right: str) -> str:
