@@ -294,3 +294,65 @@ def test_a_rebuild_that_fails_later_in_the_commit_leaves_the_table_as_it_was(san
     with warehouse.connect(read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     assert not any(t.endswith("__rebuilt") for t in tables)
+
+
+def _swap_pages(base_url: str) -> list[Page]:
+    """Every swap order page of the tiny world, in every status, as the Studio client reads them."""
+    from pipelines.sandbox.onlytraffic_studio import API_KEY as STUDIO_KEY
+
+    pages = []
+    with httpx.Client(base_url=base_url, headers={"x-api-key": STUDIO_KEY}) as client:
+        for status in ("waiting", "accepted", "completed", "cancelled", "rejected"):
+            number = 1
+            while True:
+                response = client.get("/swaps/orders", params={"status": status, "page": number, "page_size": 5})
+                response.raise_for_status()
+                records = response.json()["data"]
+                if not records:
+                    break
+                pages.append(Page(response.content, len(records), listed_status=status, label=f"swap:{status}"))
+                number += 1
+    return pages
+
+
+def test_swap_sides_typed_in_halves_after_the_fetch_are_the_rows_typed_during_it(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Chunks still waiting when the fetch is over are typed with both connections busy (the
+    sides split in two halves by ``pos``): the warehouse gets exactly the rows it gets when every
+    chunk is typed while pages still arrive, one spec per connection."""
+    from pipelines.feeds.onlytraffic_studio import SWAP_SPECS
+
+    pages = _swap_pages(sandbox.env()["ONLYTRAFFIC_STUDIO_BASE_URL"])
+    orders = sum(p.records for p in pages)
+    assert len(pages) >= 6 and orders >= 20
+
+    def load_all(folder: str, typed_during_fetch: bool) -> tuple[dict[str, list[tuple]], bool]:
+        warehouse = Warehouse(str(tmp_path / folder / "warehouse.duckdb"))
+        warehouse.ensure_schema()
+        seen = {}
+
+        def fetch(load) -> Fetched:
+            for page in pages:
+                load.add(page)
+                if typed_during_fetch:
+                    for future in list(load._pending):  # this chunk typed before the next page comes
+                        future.result()
+            load.flush()
+            seen["halves"] = load.query(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'records_swap_order_sides'"
+            )[0][0] > 0
+            return Fetched(cursor={}, mode="full")
+
+        run_stream(warehouse=warehouse, stream="swap_orders", specs=list(SWAP_SPECS), run_id="r1", fetch=fetch,
+                   key_path="$.order_id", keep_records=False, batch_pages=1)
+        with warehouse.connect(read_only=True) as con:
+            rows = {
+                table: sorted(con.execute(f"SELECT * EXCLUDE (first_seen_at, synced_at) FROM {table}").fetchall(), key=str)
+                for table in ("swap_orders", "swap_order_sides")
+            }
+        return rows, seen["halves"]
+
+    during, split_during = load_all("during", typed_during_fetch=True)
+    after, split_after = load_all("after", typed_during_fetch=False)
+    assert not split_during and split_after  # each way was taken
+    assert len(during["swap_orders"]) == orders and len(during["swap_order_sides"]) == 2 * orders
+    assert after == during

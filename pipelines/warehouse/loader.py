@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -222,7 +223,11 @@ class StreamLoad:
         self._worker: ThreadPoolExecutor | None = None
         # a second connection and its thread, typing a batch's first spec beside the others
         self._side: tuple[duckdb.DuckDBPyConnection, ThreadPoolExecutor] | None = None
+        self._create_lock = threading.Lock()  # see _append
         self._pending: list[Future] = []
+        # False once the caller waits for the staging (flush): no page is coming, the fetch no
+        # longer needs the other core, and the typing may take it (see _type_batch)
+        self._fetching = True
         self._failure: BaseException | None = None
         self.con: duckdb.DuckDBPyConnection | None = None
         self._dir: Path | None = None
@@ -309,6 +314,7 @@ class StreamLoad:
         nothing kept in Python); full chunks are typed by the background worker."""
         self.pages_received += 1
         self.records_received += page.records
+        self._fetching = True
         if not page.records:
             return
         if self._failure is not None:
@@ -358,6 +364,7 @@ class StreamLoad:
     def flush(self) -> None:
         """Type everything staged so far and wait for it: ``recs``, the ``typed_*`` and batch
         tables are then complete (a query or the commit reads them)."""
+        self._fetching = False
         self._hand_over()
         pending, self._pending = self._pending, []
         for future in pending:
@@ -441,14 +448,19 @@ class StreamLoad:
             self._append(name, f"SELECT * FROM {BATCH}.{_q(name)}", self._batch_tables_made)
 
     def _append(self, table: str, select: str, made: set[str], con: duckdb.DuckDBPyConnection | None = None) -> None:
-        """Append ``select``'s rows to ``table``, creating it on the run's first batch."""
+        """Append ``select``'s rows to ``table``, creating it on the run's first batch.
+
+        Both typing connections may append to one table at once (halves of a batch: DuckDB's
+        appends do not conflict); its creation is under a lock, so it is created once."""
         con = con or self.con
         assert con is not None
-        if table in made:
-            con.execute(f"INSERT INTO {_q(table)} {select}")
-        else:
-            con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS {select}")
-            made.add(table)
+        if table not in made:
+            with self._create_lock:
+                if table not in made:
+                    con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS {select}")
+                    made.add(table)
+                    return
+        con.execute(f"INSERT INTO {_q(table)} {select}")
 
     def _make_batch_tables(self) -> None:
         """Create (empty) the ``batch_tables`` no batch has created: the feed may query them."""
@@ -471,6 +483,12 @@ class StreamLoad:
         on one thread (see TYPING_THREADS), so one batch uses two cores where there are two
         (200,000 swap orders replayed: typing 38.3 s -> 32.4 s, the process's peak RSS the
         same). Each spec writes its own table, so the two never touch the same rows.
+
+        Once the fetch is over (:meth:`flush`), the chunks still waiting are typed with both
+        threads busy: the other specs' records are split in two halves (by ``pos``), and the second
+        connection types one half after its own spec. During the fetch it does not: the fetch
+        and the API need that core, and each half is one more statement to plan (~55 ms for swap
+        sides).
         """
         assert self.con is not None
         if len(self.specs) == 1:
@@ -479,24 +497,39 @@ class StreamLoad:
         if self._side is None:
             self._side = (self.con.cursor(), ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"type-{self.stream}"))
         side_con, side_pool = self._side
-        first = side_pool.submit(self._type_specs, side_con, self.specs[:1])
+        futures = [side_pool.submit(self._type_specs, side_con, self.specs[:1])]
         try:
-            self._type_specs(self.con, self.specs[1:])
+            if self._fetching:
+                self._type_specs(self.con, self.specs[1:])
+            else:
+                for spec in self.specs[1:]:
+                    relation = self._spec_records(self.con, spec, shared=True)
+                    halves = [f"SELECT * FROM ({relation}) WHERE pos % 2 = {half}" for half in (0, 1)]
+                    futures.append(side_pool.submit(self._type_relation, side_con, spec, halves[0]))
+                    self._type_relation(self.con, spec, halves[1])
         finally:
-            first.result()  # waited for whatever happened here; its own error is raised
+            for future in futures:
+                future.result()  # waited for whatever happened here; its own error is raised
+
+    def _spec_records(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, *, shared: bool = False) -> str:
+        """The relation of the batch's records of ``spec``: ``batch.recs``, or its ``records_sql``
+        materialized first (inlined, DuckDB would re-evaluate the JSON the feed builds, e.g.
+        json_merge_patch, for every use of ``rec`` in the typing, and hold each result). A TEMP
+        table belongs to its connection (each typing connection has its own); ``shared`` puts it
+        in the batch's schema, where the other connection reads it too."""
+        if spec.records_sql is None:
+            return f"SELECT seq, pos, listed_status, rec FROM {BATCH}.recs"
+        table = f"{BATCH}.records_{spec.table}" if shared else "records_batch"
+        with self._batch_scope(con):
+            con.execute(f"CREATE OR REPLACE {'' if shared else 'TEMP '}TABLE {table} AS {spec.records_sql}")
+        return f"SELECT * FROM {table}"
+
+    def _type_relation(self, con: duckdb.DuckDBPyConnection, spec: TableSpec, relation: str) -> None:
+        self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed, con)
 
     def _type_specs(self, con: duckdb.DuckDBPyConnection, specs: list[TableSpec]) -> None:
         for spec in specs:
-            if spec.records_sql is None:
-                relation = f"SELECT seq, pos, listed_status, rec FROM {BATCH}.recs"
-            else:
-                # Materialized first: inlined, DuckDB would re-evaluate the JSON the feed builds
-                # (e.g. json_merge_patch) for every use of ``rec`` below, and hold each result.
-                # (A TEMP table belongs to its connection: each typing connection has its own.)
-                with self._batch_scope(con):
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE records_batch AS {spec.records_sql}")
-                relation = "SELECT * FROM records_batch"
-            self._append("typed_" + spec.table, typed_select_sql(spec, relation), self._typed, con)
+            self._type_relation(con, spec, self._spec_records(con, spec))
 
     def query(self, sql: str, params: list | None = None) -> list[tuple]:
         """Run a read query against staging (flushes pending pages first)."""
