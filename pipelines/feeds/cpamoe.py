@@ -113,8 +113,8 @@ _ITEM_FIELDS = ("id", "uid", "src", "stage", "status", "reason", "count", "comme
 _ITEM_FIELDS_TYPE = "{" + ", ".join(f'"{name}": "JSON"' for name in _ITEM_FIELDS) + "}"
 
 
-# The fields the type rules check (every parsed field but ``id``, which finds the lead).
-_CHECKED_FIELDS = ("uid", "src", "stage", "status", "reason", "count", "comment")
+# The fields the type rules check: every parsed field but ``id``, which finds the lead.
+_CHECKED_FIELDS = tuple(name for name in _ITEM_FIELDS if name != "id")
 
 
 def _leaf_types_sql(fields: str = "f") -> str:
