@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from models.columns import big, lifecycle_status, metadata, text, tstz
+from models.columns import big, lifecycle_status, metadata, raw_json, text, tstz
 
 # One row per status an entity was observed in; valid_to NULL marks the current one.
 status_history = sa.Table(
@@ -70,7 +70,7 @@ quarantine = sa.Table(
     text("row_hash", primary_key=True),
     text("entity_id"),
     text("reason", nullable=False),
-    sa.Column("raw", sa.JSON),
+    raw_json(),
     tstz("first_seen_at", nullable=False),
     tstz("last_seen_at", nullable=False),
     text("run_id"),

@@ -259,6 +259,7 @@ def test_replacing_most_rows_rebuilds_the_table_with_the_same_schema_and_rows(sa
     assert {k: after[k] for k in ("ddl", "constraints", "indexes", "rows")} == \
            {k: before[k] for k in ("ddl", "constraints", "indexes", "rows")}
     assert after["rows"] == (total, total)
+    assert "raw JSON USING COMPRESSION ZSTD" in after["ddl"]  # the column's compression too
     assert after["first_seen"] == before["first_seen"]  # carried over from the old rows
     assert after["notes"] == {"v2": total}
     assert _scalar(warehouse, "SELECT count(*) FROM my_orders WHERE note = 'v2'") == total
