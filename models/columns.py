@@ -49,9 +49,9 @@ def _column_with_compression(element: CreateColumn, compiler, **kw) -> str:
     """``CREATE TABLE`` column text, plus DuckDB's ``USING COMPRESSION`` when the column asks for
     one (``info["compression"]``). Only at creation: DuckDB cannot change a column's compression
     later, and a table rewritten by the loader keeps it (its DDL carries the clause)."""
-    text = compiler.visit_create_column(element, **kw)
+    column_sql = compiler.visit_create_column(element, **kw)
     compression = element.element.info.get("compression")
-    return f"{text} USING COMPRESSION {compression}" if text and compression else text
+    return f"{column_sql} USING COMPRESSION {compression}" if column_sql and compression else column_sql
 
 
 def entity_columns() -> list[sa.Column]:

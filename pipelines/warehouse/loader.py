@@ -823,10 +823,10 @@ def rebuild_sql(con: duckdb.DuckDBPyConnection, table: str, key_join: str, repla
 
     Rebuilt only when ``replaced`` holds at least REBUILD_SHARE of the table's rows: the new table
     is made from the table's own DDL (DuckDB's ``duckdb_tables().sql``: same columns, types,
-    primary key, NOT NULLs, defaults, column compression), filled, the old one dropped and the new one renamed, all in
-    the commit's transaction (DuckDB's DDL is transactional: a failure leaves the old table). Never
-    when the table has an index of its own (a user's ``CREATE INDEX`` would be lost) or a DDL we
-    cannot rename; views name the table and find the new one.
+    primary key, NOT NULLs, defaults, column compression), filled, the old one dropped and the new
+    one renamed, all in the commit's transaction (DuckDB's DDL is transactional: a failure leaves
+    the old table). Never when the table has an index of its own (a user's ``CREATE INDEX`` would
+    be lost) or a DDL we cannot rename; views name the table and find the new one.
     """
     where = f"WHERE database_name = '{WH}' AND schema_name = 'main' AND table_name = ?"
     found = con.execute(f"SELECT sql, estimated_size FROM duckdb_tables() {where}", [table]).fetchone()
