@@ -44,14 +44,20 @@ def raw_json(name: str = "raw", **kw) -> sa.Column:
     return sa.Column(name, sa.JSON, info={"compression": "zstd"}, **kw)
 
 
+def compression_clause(column: sa.Column) -> str:
+    """`` USING COMPRESSION <method>`` when the column asks for one (``info["compression"]``), else
+    ''. Written when the column is created, by ``CREATE TABLE`` or by ``ALTER TABLE ... ADD
+    COLUMN`` (``models.schema``): DuckDB cannot change a column's compression later, and a table
+    rewritten by the loader keeps it (its DDL carries the clause)."""
+    compression = column.info.get("compression")
+    return f" USING COMPRESSION {compression}" if compression else ""
+
+
 @compiles(CreateColumn, "duckdb")
 def _column_with_compression(element: CreateColumn, compiler, **kw) -> str:
-    """``CREATE TABLE`` column text, plus DuckDB's ``USING COMPRESSION`` when the column asks for
-    one (``info["compression"]``). Only at creation: DuckDB cannot change a column's compression
-    later, and a table rewritten by the loader keeps it (its DDL carries the clause)."""
+    """``CREATE TABLE`` column text, plus the column's :func:`compression_clause`."""
     column_sql = compiler.visit_create_column(element, **kw)
-    compression = element.element.info.get("compression")
-    return f"{column_sql} USING COMPRESSION {compression}" if column_sql and compression else column_sql
+    return column_sql + compression_clause(element.element) if column_sql else column_sql
 
 
 def entity_columns() -> list[sa.Column]:

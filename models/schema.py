@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from models.columns import metadata
+from models.columns import compression_clause, metadata
 
 
 # The columns the warehouse has, as (table, column) rows: what decides whether anything is missing.
@@ -24,8 +24,11 @@ def create_schema(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         metadata.create_all(conn, checkfirst=True)
         for table_name, column_name in missing_columns(conn.execute(sa.text(EXISTING_COLUMNS_SQL)).all()):
-            col_type = metadata.tables[table_name].columns[column_name].type.compile(dialect=conn.dialect)
-            conn.execute(sa.text(f'ALTER TABLE "{table_name}" ADD COLUMN "{column_name}" {col_type}'))
+            column = metadata.tables[table_name].columns[column_name]
+            col_type = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(
+                f'ALTER TABLE "{table_name}" ADD COLUMN "{column_name}" {col_type}{compression_clause(column)}'
+            ))
 
 
 def missing_columns(existing_rows) -> list[tuple[str, str]]:

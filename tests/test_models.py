@@ -142,6 +142,9 @@ def test_an_older_warehouse_gets_the_tables_and_columns_it_lacks_and_keeps_its_r
         for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
             found.setdefault(table, set()).add(column)
         assert con.execute("SELECT stream FROM sync_state").fetchall() == [("cpc_orders",)]
+        # a column added later is created as the models declare it, compression included
+        ddl = con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'cpc_orders'").fetchone()[0]
+        assert "raw JSON USING COMPRESSION ZSTD" in ddl
     for table in models.metadata.sorted_tables:
         assert found.get(table.name) == set(table.columns.keys()), table.name
 
